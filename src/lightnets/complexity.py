@@ -1,0 +1,56 @@
+"""Parameter and MAC counts, as the spec defines them (FlopCounterMode FLOPs / 2, batch 1, eval)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from lightnets.models.deploy import reparameterize_model
+
+__all__ = ["Complexity", "complexity", "count_macs", "count_params"]
+
+
+@dataclass(frozen=True)
+class Complexity:
+    input_size: int
+    params: int
+    macs: int
+    deploy_params: int
+    deploy_macs: int
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, input_size: int, in_chans: int = 3) -> int:
+    """Multiply-accumulates of convolutions and linear layers for one image, in eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        param = next(model.parameters())
+        x = torch.zeros(1, in_chans, input_size, input_size, device=param.device, dtype=param.dtype)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+def complexity(model: nn.Module, input_size: int | None = None) -> Complexity:
+    """Params and MACs of ``model`` and of its deploy form at ``input_size`` (default: the model's own)."""
+    input_size = input_size or getattr(model, "default_input_size", 224)
+    deployed = reparameterize_model(model)
+    return Complexity(
+        input_size=input_size,
+        params=count_params(model),
+        macs=count_macs(model, input_size),
+        deploy_params=count_params(deployed),
+        deploy_macs=count_macs(deployed, input_size),
+    )

@@ -1,0 +1,196 @@
+"""Building blocks shared by every lightnets family.
+
+Everything that more than one family needs lives here once: conv-BN-act, squeeze-excitation, channel
+shuffle, channel rounding, conv+BN fusion and weight initialisation. Model files import from here and
+never redefine these.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ActLayer = Callable[..., nn.Module] | None
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
+    """Round ``value`` to the nearest multiple of ``divisor`` without dropping below ``round_limit`` of it.
+
+    This is the MobileNet/timm rounding; AsymmNet rounds up instead (see :func:`round_up`).
+    """
+    min_value = min_value or divisor
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < round_limit * value:
+        rounded += divisor
+    return rounded
+
+
+def round_up(value: float, divisor: int = 8) -> int:
+    """Smallest multiple of ``divisor`` that is at least ``value``."""
+    return int(math.ceil(value / divisor) * divisor)
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet's channel shuffle: view channels as (groups, n), transpose to (n, groups), flatten.
+
+    With ``groups`` g and n = C/g channels per group, output channel ``i*g + j`` is input channel
+    ``j*n + i``: each group of the next grouped conv receives one channel from every input group.
+    Written with a single inferred dimension so that it traces to ONNX with a dynamic batch.
+    """
+    if groups == 1:
+        return x
+    return x.unflatten(1, (groups, -1)).transpose(1, 2).flatten(1, 2)
+
+
+class ChannelShuffle(nn.Module):
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return channel_shuffle(x, self.groups)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}"
+
+
+def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """Return one conv with bias equal to ``bn(conv(x))`` in eval mode."""
+    fused = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=True,
+        padding_mode=conv.padding_mode,
+    ).to(device=conv.weight.device, dtype=conv.weight.dtype)
+    weight, bias = fold_bn(conv.weight, conv.bias, bn)
+    with torch.no_grad():
+        fused.weight.copy_(weight)
+        fused.bias.copy_(bias)
+    return fused
+
+
+def fold_bn(
+    weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm1d | nn.BatchNorm2d
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kernel and bias of a linear map (conv or FC) followed by eval-mode BN, as one linear map."""
+    with torch.no_grad():
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        base = bias if bias is not None else torch.zeros_like(bn.running_mean)
+        new_weight = weight * scale.reshape(-1, *([1] * (weight.dim() - 1)))
+        new_bias = (base - bn.running_mean) * scale + bn.bias
+    return new_weight.detach(), new_bias.detach()
+
+
+def fuse_linear_bn(linear: nn.Linear, bn: nn.BatchNorm1d) -> nn.Linear:
+    """Return one Linear with bias equal to ``bn(linear(x))`` in eval mode."""
+    fused = nn.Linear(linear.in_features, linear.out_features, bias=True).to(
+        device=linear.weight.device, dtype=linear.weight.dtype
+    )
+    weight, bias = fold_bn(linear.weight, linear.bias, bn)
+    with torch.no_grad():
+        fused.weight.copy_(weight)
+        fused.bias.copy_(bias)
+    return fused
+
+
+class ConvBnAct(nn.Module):
+    """Conv (no bias) -> BatchNorm -> optional activation; ``reparameterize()`` folds the BN into the conv."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        groups: int = 1,
+        act_layer: ActLayer = nn.ReLU,
+        padding: int | None = None,
+    ) -> None:
+        super().__init__()
+        padding = kernel_size // 2 if padding is None else padding
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride=stride, padding=padding, groups=groups, bias=False
+        )
+        self.bn: nn.Module = nn.BatchNorm2d(out_channels)
+        self.act = (
+            act_layer(inplace=True) if _takes_inplace(act_layer) else (act_layer() if act_layer else nn.Identity())
+        )
+
+    @property
+    def in_channels(self) -> int:
+        return self.conv.in_channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.conv.out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+    def reparameterize(self) -> None:
+        if isinstance(self.bn, nn.BatchNorm2d):
+            self.conv = fuse_conv_bn(self.conv, self.bn)
+            self.bn = nn.Identity()
+
+
+def _takes_inplace(act_layer: ActLayer) -> bool:
+    return act_layer in (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.Hardsigmoid)
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-excitation: GAP -> 1x1 conv -> act -> 1x1 conv -> gate, then rescale the input."""
+
+    def __init__(
+        self,
+        channels: int,
+        reduced_channels: int,
+        act_layer: Callable[..., nn.Module] = nn.ReLU,
+        gate_layer: Callable[..., nn.Module] = nn.Sigmoid,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, reduced_channels, 1, bias=bias)
+        self.act = act_layer(inplace=True) if _takes_inplace(act_layer) else act_layer()
+        self.expand = nn.Conv2d(reduced_channels, channels, 1, bias=bias)
+        self.gate = gate_layer()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = x.mean((2, 3), keepdim=True)
+        scale = self.gate(self.expand(self.act(self.reduce(scale))))
+        return x * scale
+
+
+def global_pool(x: torch.Tensor) -> torch.Tensor:
+    """Global average pool to (N, C); ``mean`` rather than AdaptiveAvgPool keeps any input size valid."""
+    return x.mean((2, 3))
+
+
+def init_weights(model: nn.Module) -> None:
+    """He-normal (fan-out) convs, unit BN, small-normal classifiers: the torchvision/timm default."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, 0.0, 0.01)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+def pad_kernel_to(kernel: torch.Tensor, size: int) -> torch.Tensor:
+    """Zero-pad a square conv kernel symmetrically to ``size`` x ``size`` (a 1x1 lands in the centre)."""
+    pad = (size - kernel.shape[-1]) // 2
+    return F.pad(kernel, [pad, pad, pad, pad])

@@ -1,0 +1,60 @@
+"""Model registry: one name -> one builder, plus ``tv:`` and ``timm:`` prefixes for baselines."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable
+
+from torch import nn
+
+_MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+BASELINE_PREFIXES = ("tv:", "timm:")
+
+
+def register_model(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register a builder under its function name; a name may be registered once."""
+    name = builder.__name__
+    if name in _MODEL_BUILDERS:
+        raise ValueError(f"model {name!r} is already registered")
+    _MODEL_BUILDERS[name] = builder
+    return builder
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered lightnets names matching a shell-style ``pattern`` (several may be joined with commas)."""
+    patterns = [p.strip() for p in pattern.split(",") if p.strip()] or ["*"]
+    return sorted(name for name in _MODEL_BUILDERS if any(fnmatch.fnmatchcase(name, p) for p in patterns))
+
+
+def is_model(name: str) -> bool:
+    return name in _MODEL_BUILDERS
+
+
+def unknown_model_error(name: str) -> ValueError:
+    close = difflib.get_close_matches(name, list(_MODEL_BUILDERS), n=5, cutoff=0.5)
+    hint = f"closest: {', '.join(close)}" if close else "run `lightnets models` for the list"
+    return ValueError(f"unknown model {name!r}; {hint} (baselines: tv:NAME for torchvision, timm:NAME for timm)")
+
+
+def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Module:
+    """Build a model by registered name, or a baseline as ``tv:NAME`` / ``timm:NAME``.
+
+    ``num_classes`` defaults to the form's own (1000 for ImageNet forms, 10 for ``*_cifar``).
+    Extra keyword arguments go to the builder (e.g. ``drop_rate``, ``widths``).
+    """
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if name.startswith("tv:"):
+        from lightnets.models.baselines import create_torchvision_model
+
+        return create_torchvision_model(name[3:], **kwargs)
+    if name.startswith("timm:"):
+        from lightnets.models.baselines import create_timm_model
+
+        return create_timm_model(name[5:], **kwargs)
+    if name not in _MODEL_BUILDERS:
+        raise unknown_model_error(name)
+    model = _MODEL_BUILDERS[name](**kwargs)
+    model.model_name = name
+    return model
