@@ -1,0 +1,305 @@
+"""ParNet: Non-deep Networks.
+
+A. Goyal, A. Bochkovskiy, J. Deng, V. Koltun, "Non-deep Networks", arXiv 2110.07641.
+https://arxiv.org/abs/2110.07641
+Authors' code: https://github.com/imankgoyal/NonDeepNetworks
+
+A depth-12 network of three parallel streams at 1/8, 1/16 and 1/32 of the input resolution (ImageNet),
+built from RepVGG-style blocks with a Skip-Squeeze-Excitation (SSE) branch and merged by fusion blocks.
+
+Where the paper's figures and the released code differ, this follows the released code:
+
+- the sigmoid gate of downsampling and fusion blocks (the blocks without an identity branch) is scaled
+  by 2, so it lies in (0, 2); the figure shows a plain sigmoid;
+- every grouped block (the two fusion blocks) ends with a 2-group channel shuffle, not in the figure;
+- a fusion block interleaves its two inputs channel by channel (a0, b0, a1, b1, ...), so each group of
+  its 2-group convs sees half of each input;
+- the last fusion block (depth 10) keeps stride 1 on ImageNet, so stream 3 and the fusion run at 14x14;
+- ParNet-S uses C1 = 92 as in the released configs; the paper's table says 96 (``widths=`` overrides).
+
+Structural choices that reproduce the released code's parameter and MAC counts exactly: only the two
+fusion blocks are grouped (groups 2); all other downsampling blocks, including stream 1's C1 -> C2 and
+the final C3 -> C_last, are ordinary convs. The depth-1 block has min(64, C1) channels. Gate convs have
+no bias. The SSE gate is computed from the identity-BN output. In the deploy form each block is a single
+conv with bias (the 1x1 branch and, for stride 2, the avg-pool + 1x1 branch are folded into the 3x3);
+the identity-BN x SSE branch and the two input BNs of each fusion block stay as they are.
+
+Downsampling blocks need even input sizes (the avg-pool and the stride-2 conv must agree), which holds
+at 224 and 32.
+
+CIFAR form: the first two downsampling blocks (depths 1 and 2) have stride 1, so the streams run at
+32, 16 and 8 pixels and the final downsampling block ends at 4x4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightnets.models.layers import ChannelShuffle, ConvBnAct, global_pool, init_weights, pad_kernel_to
+from lightnets.models.registry import register_model
+
+__all__ = ["ParNet", "ParNetBlock", "ParNetConfig", "ParNetDownsample", "ParNetFusion"]
+
+
+def _fused_kernel(branch: ConvBnAct) -> tuple[torch.Tensor, torch.Tensor]:
+    # Idempotent: the deploy pass reaches children first, so the BN may already be folded.
+    branch.reparameterize()
+    return branch.conv.weight.detach(), branch.conv.bias.detach()
+
+
+def _fold_branches(conv3x3: ConvBnAct, conv1x1: ConvBnAct, pooled: bool) -> nn.Conv2d:
+    """One 3x3 conv with bias equal to ``conv3x3(x) + conv1x1(x)`` (or ``conv1x1(avg_pool2(x))``)."""
+    weight3, bias3 = _fused_kernel(conv3x3)
+    weight1, bias1 = _fused_kernel(conv1x1)
+    # A 3x3/s2/pad1 window at output i covers input rows 2i-1..2i+1 and the 2x2 avg-pool covers 2i..2i+1,
+    # so the pooled 1x1 is the 1x1 weight spread over the bottom-right 2x2, divided by 4.
+    weight1 = F.pad(weight1.expand(-1, -1, 2, 2) / 4, [1, 0, 1, 0]) if pooled else pad_kernel_to(weight1, 3)
+    reference = conv3x3.conv
+    fused = nn.Conv2d(
+        reference.in_channels,
+        reference.out_channels,
+        3,
+        stride=reference.stride,
+        padding=reference.padding,
+        groups=reference.groups,
+        bias=True,
+    ).to(device=weight3.device, dtype=weight3.dtype)
+    with torch.no_grad():
+        fused.weight.copy_(weight3 + weight1)
+        fused.bias.copy_(bias3 + bias1)
+    return fused
+
+
+class ParNetBlock(nn.Module):
+    """RepVGG-SSE block (stride 1, C -> C): SiLU(BN(conv3x3(x)) + BN(conv1x1(x)) + SSE(x)).
+
+    SSE(x) = b * sigmoid(W GAP(b)) with b = BN(x) and W one bias-free 1x1 conv C -> C (no reduction).
+    """
+
+    def __init__(self, channels: int, act_layer: type[nn.Module] = nn.SiLU) -> None:
+        super().__init__()
+        self.conv3x3 = ConvBnAct(channels, channels, 3, act_layer=None)
+        self.conv1x1 = ConvBnAct(channels, channels, 1, act_layer=None)
+        self.sse_bn = nn.BatchNorm2d(channels)
+        self.sse_gate = nn.Conv2d(channels, channels, 1, bias=False)
+        self.act = act_layer()
+        self.conv_reparam: nn.Conv2d | None = None
+
+    def _conv_branches(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv_reparam is not None:
+            return self.conv_reparam(x)
+        return self.conv3x3(x) + self.conv1x1(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._conv_branches(x)
+        skip = self.sse_bn(x)
+        gate = torch.sigmoid(self.sse_gate(skip.mean((2, 3), keepdim=True)))
+        return self.act(out + skip * gate)
+
+    def reparameterize(self) -> None:
+        if self.conv_reparam is not None:
+            return
+        self.conv_reparam = _fold_branches(self.conv3x3, self.conv1x1, pooled=False)
+        del self.conv3x3, self.conv1x1
+
+
+class ParNetDownsample(nn.Module):
+    """Downsampling block: SiLU((BN(conv1x1(avgpool(x))) + BN(conv3x3_s2(x))) * 2 sigmoid(W GAP(x))).
+
+    With stride 1 the avg-pool is dropped (the last fusion block and the CIFAR form's early blocks).
+    With groups > 1 all three convs are grouped and the output is channel-shuffled.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 2,
+        groups: int = 1,
+        act_layer: type[nn.Module] = nn.SiLU,
+    ) -> None:
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"ParNetDownsample supports stride 1 or 2, got {stride}")
+        self.stride = stride
+        self.pool: nn.Module = nn.AvgPool2d(2) if stride == 2 else nn.Identity()
+        self.conv1x1 = ConvBnAct(in_channels, out_channels, 1, groups=groups, act_layer=None)
+        self.conv3x3 = ConvBnAct(in_channels, out_channels, 3, stride=stride, groups=groups, act_layer=None)
+        self.gate = nn.Conv2d(in_channels, out_channels, 1, groups=groups, bias=False)
+        self.act = act_layer()
+        self.shuffle: nn.Module = ChannelShuffle(groups) if groups > 1 else nn.Identity()
+        self.conv_reparam: nn.Conv2d | None = None
+
+    def _conv_branches(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv_reparam is not None:
+            return self.conv_reparam(x)
+        return self.conv1x1(self.pool(x)) + self.conv3x3(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._conv_branches(x)
+        # The released code scales the gate by 2 in blocks that have no identity branch.
+        gate = 2.0 * torch.sigmoid(self.gate(x.mean((2, 3), keepdim=True)))
+        return self.shuffle(self.act(out * gate))
+
+    def reparameterize(self) -> None:
+        if self.conv_reparam is not None:
+            return
+        self.conv_reparam = _fold_branches(self.conv3x3, self.conv1x1, pooled=self.stride == 2)
+        del self.pool, self.conv1x1, self.conv3x3
+
+
+class ParNetFusion(nn.Module):
+    """Fusion of two C-channel inputs: BN each, interleave channels, then a 2-group downsampling block.
+
+    ``direct`` is the stream feeding this fusion directly, ``side`` the path arriving from the
+    higher-resolution side; the interleaved order is direct0, side0, direct1, side1, ...
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 2) -> None:
+        super().__init__()
+        self.bn_direct = nn.BatchNorm2d(in_channels)
+        self.bn_side = nn.BatchNorm2d(in_channels)
+        self.block = ParNetDownsample(2 * in_channels, out_channels, stride=stride, groups=2)
+
+    def forward(self, direct: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
+        x = torch.stack([self.bn_direct(direct), self.bn_side(side)], dim=2).flatten(1, 2)
+        return self.block(x)
+
+
+@dataclass(frozen=True)
+class ParNetConfig:
+    # (C1, C2, C3, C_last): stream 1, 2 and 3 widths and the final downsampling block's width.
+    widths: tuple[int, int, int, int]
+    drop_rate: float = 0.0
+    stream_depths: tuple[int, int, int] = (4, 5, 5)
+    stem_width: int = 64
+
+    def __post_init__(self) -> None:
+        if len(self.widths) != 4:
+            raise ValueError(f"ParNet widths are (C1, C2, C3, C_last), got {self.widths}")
+        if len(self.stream_depths) != 3:
+            raise ValueError(f"ParNet has three streams, got stream_depths {self.stream_depths}")
+
+
+class ParNet(nn.Module):
+    def __init__(
+        self,
+        config: ParNetConfig,
+        num_classes: int = 1000,
+        cifar: bool = False,
+        drop_rate: float | None = None,
+        in_chans: int = 3,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.default_input_size = 32 if cifar else 224
+        c1, c2, c3, c_last = config.widths
+        depth1, depth2, depth3 = config.stream_depths
+        stem_width = min(config.stem_width, c1)
+        early_stride = 1 if cifar else 2
+        # Depths 1-4: a chain of downsampling blocks whose outputs at depths 2, 3, 4 feed streams 1, 2, 3.
+        self.stem = nn.Sequential(
+            ParNetDownsample(in_chans, stem_width, stride=early_stride),
+            ParNetDownsample(stem_width, c1, stride=early_stride),
+        )
+        self.down_to_stream2 = ParNetDownsample(c1, c2)
+        self.down_to_stream3 = ParNetDownsample(c2, c3)
+        self.stream1 = nn.Sequential(*[ParNetBlock(c1) for _ in range(depth1)], ParNetDownsample(c1, c2))
+        self.stream2 = nn.Sequential(*[ParNetBlock(c2) for _ in range(depth2)])
+        self.stream3 = nn.Sequential(*[ParNetBlock(c3) for _ in range(depth3)])
+        self.fuse2 = ParNetFusion(c2, c3, stride=2)
+        self.fuse3 = ParNetFusion(c3, c3, stride=1)
+        self.final_down = ParNetDownsample(c3, c_last)
+        self.num_features = self.head_hidden_size = c_last
+        self.drop = nn.Dropout(config.drop_rate if drop_rate is None else drop_rate)
+        self.classifier: nn.Module = self._make_classifier(num_classes)
+        init_weights(self)
+
+    def _make_classifier(self, num_classes: int) -> nn.Module:
+        return nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.classifier = self._make_classifier(num_classes)
+        if isinstance(self.classifier, nn.Linear):
+            nn.init.normal_(self.classifier.weight, 0.0, 0.01)
+            nn.init.zeros_(self.classifier.bias)
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = self.stem(x)
+        x2 = self.down_to_stream2(x1)
+        x3 = self.down_to_stream3(x2)
+        fused = self.fuse2(self.stream2(x2), self.stream1(x1))
+        fused = self.fuse3(self.stream3(x3), fused)
+        return self.final_down(fused)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.drop(global_pool(x))
+        return x if pre_logits else self.classifier(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+PARNET_CONFIGS: dict[str, ParNetConfig] = {
+    "s": ParNetConfig(widths=(92, 192, 384, 1280)),
+    "m": ParNetConfig(widths=(128, 256, 512, 2048)),
+    "l": ParNetConfig(widths=(160, 320, 640, 2560), drop_rate=0.1),
+    "xl": ParNetConfig(widths=(200, 400, 800, 3200), drop_rate=0.1),
+}
+
+
+def _create_parnet(variant: str, cifar: bool = False, **kwargs) -> ParNet:
+    config = PARNET_CONFIGS[variant]
+    # widths=(C1, C2, C3, C_last) overrides the variant, e.g. the paper's C1 = 96 for ParNet-S.
+    if "widths" in kwargs:
+        config = replace(config, widths=tuple(kwargs.pop("widths")))
+    kwargs.setdefault("num_classes", 10 if cifar else 1000)
+    return ParNet(config, cifar=cifar, **kwargs)
+
+
+@register_model
+def parnet_s(**kwargs) -> ParNet:
+    return _create_parnet("s", **kwargs)
+
+
+@register_model
+def parnet_m(**kwargs) -> ParNet:
+    return _create_parnet("m", **kwargs)
+
+
+@register_model
+def parnet_l(**kwargs) -> ParNet:
+    return _create_parnet("l", **kwargs)
+
+
+@register_model
+def parnet_xl(**kwargs) -> ParNet:
+    return _create_parnet("xl", **kwargs)
+
+
+@register_model
+def parnet_s_cifar(**kwargs) -> ParNet:
+    return _create_parnet("s", cifar=True, **kwargs)
+
+
+@register_model
+def parnet_m_cifar(**kwargs) -> ParNet:
+    return _create_parnet("m", cifar=True, **kwargs)
+
+
+@register_model
+def parnet_l_cifar(**kwargs) -> ParNet:
+    return _create_parnet("l", cifar=True, **kwargs)
+
+
+@register_model
+def parnet_xl_cifar(**kwargs) -> ParNet:
+    return _create_parnet("xl", cifar=True, **kwargs)

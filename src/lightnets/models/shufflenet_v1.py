@@ -1,0 +1,406 @@
+"""ShuffleNet v1: pointwise group convolution and channel shuffle.
+
+X. Zhang, X. Zhou, M. Lin, J. Sun, "ShuffleNet: An Extremely Efficient Convolutional Neural Network
+for Mobile Devices", CVPR 2018. https://arxiv.org/abs/1707.01083
+Authors' re-release: https://github.com/megvii-model/ShuffleNet-Series (ShuffleNetV1/)
+
+Follows the megvii release where the paper is silent: the bottleneck is a quarter of the unit's full
+output width (also in stride-2 units, whose branch only adds ``out - in`` channels), stage 2's first
+1x1 conv is not grouped, there is no ReLU after the depthwise conv, the classifier has no bias, and
+the max-pool after the stem pads by 1. Widths are Table 1's times the scale, each rounded to the
+nearest multiple of 4*groups (ties up); stems are 24 (1.0x, 1.5x), 48 (2.0x) and, at 0.5x and below,
+the smallest multiple of ``groups`` that is at least 12. This reproduces every released megvii model.
+
+CIFAR form: a stride-1 3x3 stem and no max-pool; each stage still halves, so stages run at 16, 8, 4.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightnets.models.layers import ConvBnAct, channel_shuffle, global_pool, init_weights
+from lightnets.models.registry import register_model
+
+__all__ = ["ShuffleNetV1", "ShuffleUnit", "shufflenet_v1_widths"]
+
+# Paper Table 1: output channels of stage 2 at 1x for each group count; stages 3 and 4 double it.
+STAGE2_CHANNELS = {1: 144, 2: 200, 3: 240, 4: 272, 8: 384}
+STAGE_REPEATS = (4, 8, 4)
+SCALES = {"x0_25": 0.25, "x0_5": 0.5, "x1_0": 1.0, "x1_5": 1.5, "x2_0": 2.0}
+
+
+class ShuffleUnit(nn.Module):
+    """Grouped 1x1 -> shuffle -> depthwise 3x3 -> grouped 1x1, with an identity or avg-pool shortcut."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int, groups: int, group_first_conv: bool = True
+    ) -> None:
+        super().__init__()
+        self.stride = stride
+        self.groups = groups
+        branch_out = out_channels - in_channels if stride == 2 else out_channels
+        bottleneck = out_channels // 4
+        self.conv_reduce = ConvBnAct(in_channels, bottleneck, 1, groups=groups if group_first_conv else 1)
+        self.conv_dw = ConvBnAct(bottleneck, bottleneck, 3, stride=stride, groups=bottleneck, act_layer=None)
+        self.conv_expand = ConvBnAct(bottleneck, branch_out, 1, groups=groups, act_layer=None)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = channel_shuffle(self.conv_reduce(x), self.groups)
+        out = self.conv_expand(self.conv_dw(out))
+        if self.stride == 1:
+            return self.act(out + x)
+        shortcut = F.avg_pool2d(x, kernel_size=3, stride=2, padding=1)
+        return self.act(torch.cat([shortcut, out], dim=1))
+
+
+@dataclass(frozen=True)
+class ShuffleNetV1Config:
+    groups: int
+    scale: float
+
+    @property
+    def stage_channels(self) -> tuple[int, ...]:
+        return shufflenet_v1_widths(self.groups, self.scale)[1]
+
+    @property
+    def stem_channels(self) -> int:
+        return shufflenet_v1_widths(self.groups, self.scale)[0]
+
+
+def shufflenet_v1_widths(groups: int, scale: float) -> tuple[int, tuple[int, ...]]:
+    """Stem and per-stage output widths for ``groups`` and ``scale`` (see the module docstring)."""
+    if groups not in STAGE2_CHANNELS:
+        raise ValueError(f"groups must be one of {sorted(STAGE2_CHANNELS)}, got {groups}")
+    multiple = 4 * groups
+    stages = tuple(
+        max(multiple, math.floor(STAGE2_CHANNELS[groups] * 2**i * scale / multiple + 0.5) * multiple)
+        for i in range(len(STAGE_REPEATS))
+    )
+    if scale <= 0.5:
+        stem = math.ceil(12 / groups) * groups
+    elif scale < 2.0:
+        stem = 24
+    else:
+        stem = 48
+    return stem, stages
+
+
+class ShuffleNetV1(nn.Module):
+    def __init__(
+        self,
+        config: ShuffleNetV1Config,
+        num_classes: int = 1000,
+        cifar: bool = False,
+        drop_rate: float = 0.0,
+        in_chans: int = 3,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.default_input_size = 32 if cifar else 224
+        stem = config.stem_channels
+        self.stem = ConvBnAct(in_chans, stem, 3, stride=1 if cifar else 2)
+        self.stem_pool: nn.Module = nn.Identity() if cifar else nn.MaxPool2d(3, stride=2, padding=1)
+        stages = []
+        in_channels = stem
+        for stage_index, (repeats, channels) in enumerate(zip(STAGE_REPEATS, config.stage_channels)):
+            units = [
+                ShuffleUnit(
+                    in_channels if i == 0 else channels,
+                    channels,
+                    stride=2 if i == 0 else 1,
+                    groups=config.groups,
+                    # The stem is too narrow to split into groups (paper Table 1 footnote).
+                    group_first_conv=not (stage_index == 0 and i == 0),
+                )
+                for i in range(repeats)
+            ]
+            stages.append(nn.Sequential(*units))
+            in_channels = channels
+        self.stages = nn.Sequential(*stages)
+        self.num_features = self.head_hidden_size = in_channels
+        self.drop = nn.Dropout(drop_rate)
+        self.classifier: nn.Module = self._make_classifier(num_classes)
+        init_weights(self)
+
+    def _make_classifier(self, num_classes: int) -> nn.Module:
+        return nn.Linear(self.num_features, num_classes, bias=False) if num_classes > 0 else nn.Identity()
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.classifier = self._make_classifier(num_classes)
+        if isinstance(self.classifier, nn.Linear):
+            nn.init.normal_(self.classifier.weight, 0.0, 0.01)
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem_pool(self.stem(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.drop(global_pool(x))
+        return x if pre_logits else self.classifier(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _create_shufflenet_v1(groups: int, scale: str, cifar: bool = False, **kwargs) -> ShuffleNetV1:
+    kwargs.setdefault("num_classes", 10 if cifar else 1000)
+    return ShuffleNetV1(ShuffleNetV1Config(groups=groups, scale=SCALES[scale]), cifar=cifar, **kwargs)
+
+
+@register_model
+def shufflenet_v1_g1_x0_25(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(1, "x0_25", **kwargs)
+
+
+@register_model
+def shufflenet_v1_g1_x0_25_cifar(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(1, "x0_25", cifar=True, **kwargs)
+
+
+@register_model
+def shufflenet_v1_g1_x0_5(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(1, "x0_5", **kwargs)
+
+
+@register_model
+def shufflenet_v1_g1_x0_5_cifar(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(1, "x0_5", cifar=True, **kwargs)
+
+
+@register_model
+def shufflenet_v1_g1_x1_0(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(1, "x1_0", **kwargs)
+
+
+@register_model
+def shufflenet_v1_g1_x1_0_cifar(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(1, "x1_0", cifar=True, **kwargs)
+
+
+@register_model
+def shufflenet_v1_g1_x1_5(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(1, "x1_5", **kwargs)
+
+
+@register_model
+def shufflenet_v1_g1_x1_5_cifar(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(1, "x1_5", cifar=True, **kwargs)
+
+
+@register_model
+def shufflenet_v1_g1_x2_0(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(1, "x2_0", **kwargs)
+
+
+@register_model
+def shufflenet_v1_g1_x2_0_cifar(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(1, "x2_0", cifar=True, **kwargs)
+
+
+@register_model
+def shufflenet_v1_g2_x0_25(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(2, "x0_25", **kwargs)
+
+
+@register_model
+def shufflenet_v1_g2_x0_25_cifar(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(2, "x0_25", cifar=True, **kwargs)
+
+
+@register_model
+def shufflenet_v1_g2_x0_5(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(2, "x0_5", **kwargs)
+
+
+@register_model
+def shufflenet_v1_g2_x0_5_cifar(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(2, "x0_5", cifar=True, **kwargs)
+
+
+@register_model
+def shufflenet_v1_g2_x1_0(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(2, "x1_0", **kwargs)
+
+
+@register_model
+def shufflenet_v1_g2_x1_0_cifar(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(2, "x1_0", cifar=True, **kwargs)
+
+
+@register_model
+def shufflenet_v1_g2_x1_5(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(2, "x1_5", **kwargs)
+
+
+@register_model
+def shufflenet_v1_g2_x1_5_cifar(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(2, "x1_5", cifar=True, **kwargs)
+
+
+@register_model
+def shufflenet_v1_g2_x2_0(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(2, "x2_0", **kwargs)
+
+
+@register_model
+def shufflenet_v1_g2_x2_0_cifar(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(2, "x2_0", cifar=True, **kwargs)
+
+
+@register_model
+def shufflenet_v1_g3_x0_25(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(3, "x0_25", **kwargs)
+
+
+@register_model
+def shufflenet_v1_g3_x0_25_cifar(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(3, "x0_25", cifar=True, **kwargs)
+
+
+@register_model
+def shufflenet_v1_g3_x0_5(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(3, "x0_5", **kwargs)
+
+
+@register_model
+def shufflenet_v1_g3_x0_5_cifar(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(3, "x0_5", cifar=True, **kwargs)
+
+
+@register_model
+def shufflenet_v1_g3_x1_0(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(3, "x1_0", **kwargs)
+
+
+@register_model
+def shufflenet_v1_g3_x1_0_cifar(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(3, "x1_0", cifar=True, **kwargs)
+
+
+@register_model
+def shufflenet_v1_g3_x1_5(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(3, "x1_5", **kwargs)
+
+
+@register_model
+def shufflenet_v1_g3_x1_5_cifar(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(3, "x1_5", cifar=True, **kwargs)
+
+
+@register_model
+def shufflenet_v1_g3_x2_0(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(3, "x2_0", **kwargs)
+
+
+@register_model
+def shufflenet_v1_g3_x2_0_cifar(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(3, "x2_0", cifar=True, **kwargs)
+
+
+@register_model
+def shufflenet_v1_g4_x0_25(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(4, "x0_25", **kwargs)
+
+
+@register_model
+def shufflenet_v1_g4_x0_25_cifar(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(4, "x0_25", cifar=True, **kwargs)
+
+
+@register_model
+def shufflenet_v1_g4_x0_5(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(4, "x0_5", **kwargs)
+
+
+@register_model
+def shufflenet_v1_g4_x0_5_cifar(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(4, "x0_5", cifar=True, **kwargs)
+
+
+@register_model
+def shufflenet_v1_g4_x1_0(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(4, "x1_0", **kwargs)
+
+
+@register_model
+def shufflenet_v1_g4_x1_0_cifar(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(4, "x1_0", cifar=True, **kwargs)
+
+
+@register_model
+def shufflenet_v1_g4_x1_5(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(4, "x1_5", **kwargs)
+
+
+@register_model
+def shufflenet_v1_g4_x1_5_cifar(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(4, "x1_5", cifar=True, **kwargs)
+
+
+@register_model
+def shufflenet_v1_g4_x2_0(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(4, "x2_0", **kwargs)
+
+
+@register_model
+def shufflenet_v1_g4_x2_0_cifar(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(4, "x2_0", cifar=True, **kwargs)
+
+
+@register_model
+def shufflenet_v1_g8_x0_25(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(8, "x0_25", **kwargs)
+
+
+@register_model
+def shufflenet_v1_g8_x0_25_cifar(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(8, "x0_25", cifar=True, **kwargs)
+
+
+@register_model
+def shufflenet_v1_g8_x0_5(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(8, "x0_5", **kwargs)
+
+
+@register_model
+def shufflenet_v1_g8_x0_5_cifar(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(8, "x0_5", cifar=True, **kwargs)
+
+
+@register_model
+def shufflenet_v1_g8_x1_0(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(8, "x1_0", **kwargs)
+
+
+@register_model
+def shufflenet_v1_g8_x1_0_cifar(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(8, "x1_0", cifar=True, **kwargs)
+
+
+@register_model
+def shufflenet_v1_g8_x1_5(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(8, "x1_5", **kwargs)
+
+
+@register_model
+def shufflenet_v1_g8_x1_5_cifar(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(8, "x1_5", cifar=True, **kwargs)
+
+
+@register_model
+def shufflenet_v1_g8_x2_0(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(8, "x2_0", **kwargs)
+
+
+@register_model
+def shufflenet_v1_g8_x2_0_cifar(**kwargs) -> ShuffleNetV1:
+    return _create_shufflenet_v1(8, "x2_0", cifar=True, **kwargs)

@@ -1,0 +1,208 @@
+"""SPGNet: Serial and Parallel Group Network.
+
+X. Wang, S. Lai, Z. Chai, X. Zhang, X. Qian, "SPGNet: Serial and Parallel Group Network",
+IEEE Transactions on Multimedia 24:2804-2814, 2022. https://doi.org/10.1109/TMM.2021.3088639
+Authors' code: https://github.com/xiaolai-sqlai/SPGNet_TMM2021
+
+The block follows the released code (a 1x1 halving conv, two serial grouped 3x3 convs whose outputs
+are concatenated, a linear 1x1 back to full width, residual, ReLU). It is generalised to serial depth
+``serial_depth`` (S) and ``groups`` (P) so that the paper's three group-convolution types can be built
+for ablation: serial group conv (P=1), parallel group conv (S=1) and serial-parallel (S=2, the default).
+
+CIFAR form: both stem convs have stride 1, so the three stages run at 16, 8 and 4 pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from lightnets.models.layers import ConvBnAct, fuse_linear_bn, global_pool, init_weights
+from lightnets.models.registry import register_model
+
+__all__ = ["SPGBlock", "SPGNet", "SPGNetConfig"]
+
+
+class SPGBlock(nn.Module):
+    """Serial-parallel group block.
+
+    1x1 conv Cin -> C/2; a chain of S grouped 3x3 convs (C/2 -> C/2, P groups, the first carrying the
+    stride); the S chain outputs concatenated (receptive fields 3x3, 5x5, ...); a linear 1x1 conv
+    S*C/2 -> C; plus a shortcut; ReLU after the add.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, groups: int, serial_depth: int = 2) -> None:
+        super().__init__()
+        if out_channels % 2 or (out_channels // 2) % groups:
+            raise ValueError(f"SPGBlock needs out_channels/2 divisible by groups; got {out_channels} and {groups}")
+        if serial_depth < 1:
+            raise ValueError(f"serial_depth must be >= 1, got {serial_depth}")
+        mid = out_channels // 2
+        self.conv_in = ConvBnAct(in_channels, mid, 1)
+        self.chain = nn.ModuleList(
+            ConvBnAct(mid, mid, 3, stride=stride if i == 0 else 1, groups=groups) for i in range(serial_depth)
+        )
+        self.conv_out = ConvBnAct(serial_depth * mid, out_channels, 1, act_layer=None)
+        if stride == 1 and in_channels == out_channels:
+            self.shortcut: nn.Module = nn.Identity()
+        elif stride == 1:
+            self.shortcut = ConvBnAct(in_channels, out_channels, 1, act_layer=None)
+        else:
+            # The released code downsamples the shortcut with a depthwise 3x3 before the 1x1 projection.
+            self.shortcut = nn.Sequential(
+                ConvBnAct(in_channels, in_channels, 3, stride=stride, groups=in_channels, act_layer=None),
+                ConvBnAct(in_channels, out_channels, 1, act_layer=None),
+            )
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv_in(x)
+        chain_outputs = []
+        for conv in self.chain:
+            out = conv(out)
+            chain_outputs.append(out)
+        out = self.conv_out(torch.cat(chain_outputs, dim=1) if len(chain_outputs) > 1 else out)
+        return self.act(out + self.shortcut(x))
+
+
+@dataclass(frozen=True)
+class SPGNetConfig:
+    groups: int
+    serial_depth: int = 2
+    stage_repeats: tuple[int, ...] = (4, 8, 3)
+    head_channels: int = 1024
+
+    @property
+    def stem_channels(self) -> tuple[int, int]:
+        return 2 * self.groups, 4 * self.groups
+
+    @property
+    def stage_channels(self) -> tuple[int, ...]:
+        # Per-group width of the 3x3 convs is fixed at 8, 16, 32 channels in stages 1-3.
+        return tuple(16 * self.groups * 2**i for i in range(len(self.stage_repeats)))
+
+
+class SPGNet(nn.Module):
+    def __init__(
+        self,
+        config: SPGNetConfig,
+        num_classes: int = 1000,
+        cifar: bool = False,
+        drop_rate: float = 0.2,
+        in_chans: int = 3,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.default_input_size = 32 if cifar else 224
+        stem1, stem2 = config.stem_channels
+        stem_stride = 1 if cifar else 2
+        self.stem = nn.Sequential(
+            ConvBnAct(in_chans, stem1, 3, stride=stem_stride),
+            ConvBnAct(stem1, stem2, 3, stride=stem_stride),
+        )
+        stages = []
+        in_channels = stem2
+        for repeats, channels in zip(config.stage_repeats, config.stage_channels):
+            blocks = [
+                SPGBlock(
+                    in_channels if i == 0 else channels,
+                    channels,
+                    2 if i == 0 else 1,
+                    config.groups,
+                    config.serial_depth,
+                )
+                for i in range(repeats)
+            ]
+            stages.append(nn.Sequential(*blocks))
+            in_channels = channels
+        self.stages = nn.Sequential(*stages)
+        self.conv_head = ConvBnAct(in_channels, config.head_channels, 1)
+        self.num_features = self.head_hidden_size = config.head_channels
+        # Classifier as released: FC -> BN -> ReLU -> dropout -> FC, both FCs without bias.
+        self.pre_logits = nn.Linear(self.num_features, self.head_hidden_size, bias=False)
+        self.pre_logits_bn: nn.Module = nn.BatchNorm1d(self.head_hidden_size)
+        self.pre_logits_act = nn.ReLU(inplace=True)
+        self.drop = nn.Dropout(drop_rate)
+        self.classifier: nn.Module = self._make_classifier(num_classes)
+        init_weights(self)
+
+    def _make_classifier(self, num_classes: int) -> nn.Module:
+        return nn.Linear(self.head_hidden_size, num_classes, bias=False) if num_classes > 0 else nn.Identity()
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.classifier = self._make_classifier(num_classes)
+        if isinstance(self.classifier, nn.Linear):
+            nn.init.normal_(self.classifier.weight, 0.0, 0.01)
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_head(self.stages(self.stem(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.pre_logits_act(self.pre_logits_bn(self.pre_logits(global_pool(x))))
+        x = self.drop(x)
+        return x if pre_logits else self.classifier(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reparameterize(self) -> None:
+        if isinstance(self.pre_logits_bn, nn.BatchNorm1d):
+            self.pre_logits = fuse_linear_bn(self.pre_logits, self.pre_logits_bn)
+            self.pre_logits_bn = nn.Identity()
+
+
+SPGNET_CONFIGS: dict[str, SPGNetConfig] = {f"s2p{p}": SPGNetConfig(groups=p) for p in (6, 7, 8, 9)}
+
+
+def _create_spgnet(variant: str, cifar: bool = False, **kwargs) -> SPGNet:
+    config = SPGNET_CONFIGS[variant]
+    # groups / serial_depth override the variant, e.g. serial_depth=1 for the parallel-group ablation.
+    config = replace(config, **{k: kwargs.pop(k) for k in ("groups", "serial_depth") if k in kwargs})
+    kwargs.setdefault("num_classes", 10 if cifar else 1000)
+    return SPGNet(config, cifar=cifar, **kwargs)
+
+
+@register_model
+def spgnet_s2p6(**kwargs) -> SPGNet:
+    return _create_spgnet("s2p6", **kwargs)
+
+
+@register_model
+def spgnet_s2p7(**kwargs) -> SPGNet:
+    return _create_spgnet("s2p7", **kwargs)
+
+
+@register_model
+def spgnet_s2p8(**kwargs) -> SPGNet:
+    return _create_spgnet("s2p8", **kwargs)
+
+
+@register_model
+def spgnet_s2p9(**kwargs) -> SPGNet:
+    return _create_spgnet("s2p9", **kwargs)
+
+
+@register_model
+def spgnet_s2p6_cifar(**kwargs) -> SPGNet:
+    return _create_spgnet("s2p6", cifar=True, **kwargs)
+
+
+@register_model
+def spgnet_s2p7_cifar(**kwargs) -> SPGNet:
+    return _create_spgnet("s2p7", cifar=True, **kwargs)
+
+
+@register_model
+def spgnet_s2p8_cifar(**kwargs) -> SPGNet:
+    return _create_spgnet("s2p8", cifar=True, **kwargs)
+
+
+@register_model
+def spgnet_s2p9_cifar(**kwargs) -> SPGNet:
+    return _create_spgnet("s2p9", cifar=True, **kwargs)
