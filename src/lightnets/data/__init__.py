@@ -1,0 +1,216 @@
+"""Datasets for training and evaluation: CIFAR-10/100 held in memory, image folders decoded on the fly.
+
+``load_dataset("cifar10")``, ``load_dataset("cifar100:PATH")`` or ``load_dataset("folder:PATH")`` returns a
+:class:`DataBundle`: the train and held-out splits, class names, normalization constants and image sizes.
+Every split yields uint8 images; normalization (and CIFAR's crop-and-flip, see :func:`random_crop_flip`)
+happens on the device in the training loop.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lightnets.data.augment import random_crop_flip
+from lightnets.data.cifar import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    CIFAR_MEAN,
+    CIFAR_SOURCES,
+    CIFAR_STD,
+    DatasetNotFoundError,
+    RestrictedUnpickler,
+    TensorSplit,
+    UnsafePickleError,
+    cifar_mean_std,
+    load_cifar,
+)
+from lightnets.data.folder import (
+    IMAGE_EXTENSIONS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageFolderSplit,
+    collate_skip_bad,
+    eval_resize_for,
+    eval_transform,
+    load_image_rgb,
+    scan_class_folders,
+    stratified_split,
+    train_transform,
+)
+
+__all__ = [
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
+    "CIFAR_MEAN",
+    "CIFAR_STD",
+    "DATA_KINDS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IMAGE_EXTENSIONS",
+    "DataBundle",
+    "DataSpec",
+    "DatasetNotFoundError",
+    "ImageFolderSplit",
+    "RestrictedUnpickler",
+    "TensorSplit",
+    "UnsafePickleError",
+    "collate_skip_bad",
+    "default_data_root",
+    "eval_transform",
+    "load_cifar",
+    "load_dataset",
+    "load_image_rgb",
+    "parse_data_spec",
+    "random_crop_flip",
+    "stratified_split",
+    "train_transform",
+]
+
+DATA_KINDS = ("cifar10", "cifar100", "folder")
+_VALID_FORMS = "cifar10, cifar100, cifar10:PATH, cifar100:PATH or folder:PATH"
+DEFAULT_FOLDER_VAL_SPLIT = 0.2
+
+
+@dataclass
+class DataSpec:
+    """A parsed ``--data`` value: the dataset kind and, for folders (optionally for CIFAR), where it lives."""
+
+    kind: str
+    path: Path | None = None
+
+
+def parse_data_spec(spec: str) -> DataSpec:
+    """Parse ``cifar10``, ``cifar100``, ``cifar10:PATH``, ``cifar100:PATH`` or ``folder:PATH``."""
+    kind, colon, rest = spec.strip().partition(":")
+    kind = kind.strip().lower()
+    rest = rest.strip()
+    if kind in ("cifar10", "cifar100") and not (colon and not rest):
+        return DataSpec(kind, Path(rest).expanduser() if rest else None)
+    if kind == "folder" and rest:
+        return DataSpec(kind, Path(rest).expanduser())
+    raise ValueError(f"invalid --data value {spec!r}: expected {_VALID_FORMS}")
+
+
+@dataclass
+class DataBundle:
+    """Everything the training loop needs to know about a dataset."""
+
+    kind: str
+    classes: list[str]
+    train: TensorSplit | ImageFolderSplit
+    val: TensorSplit | ImageFolderSplit
+    val_name: str  # "test" when the held-out split is the official test set, else "val"
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    input_size: int  # the size batches come out at (CIFAR tensors are 32 and get upsampled by the loop)
+    eval_resize: int  # short-side resize before the center crop at eval and predict
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def default_data_root() -> Path:
+    """``$LIGHTNETS_DATA`` if set, else ``./data``."""
+    return Path(os.environ.get("LIGHTNETS_DATA") or "data").expanduser()
+
+
+def _check_options(input_size: int | None, val_split: float | None) -> None:
+    if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1):
+        raise ValueError(f"input_size must be a positive integer, got {input_size!r}")
+    if val_split is not None and not 0 <= val_split < 1:
+        raise ValueError(f"val_split must be a fraction in [0, 1), got {val_split!r}")
+
+
+def _subset(split: TensorSplit, indices: torch.Tensor) -> TensorSplit:
+    return TensorSplit(split.images[indices], split.labels[indices])
+
+
+def _load_cifar_bundle(
+    spec: DataSpec, root: Path, input_size: int | None, val_split: float | None, seed: int, download: bool
+) -> DataBundle:
+    train, test, classes = load_cifar(spec.kind, spec.path, data_root=root, download=download)
+    val, val_name = test, "test"
+    if val_split:
+        train_idx, val_idx = stratified_split(train.labels.numpy(), val_split, seed)
+        train, val = _subset(train, torch.from_numpy(train_idx)), _subset(train, torch.from_numpy(val_idx))
+        val_name = "val"
+    size = input_size or 32
+    mean, std = cifar_mean_std(spec.kind)
+    return DataBundle(spec.kind, classes, train, val, val_name, mean, std, input_size=size, eval_resize=size)
+
+
+def _load_folder_bundle(spec: DataSpec, input_size: int | None, val_split: float | None, seed: int) -> DataBundle:
+    root = spec.path
+    assert root is not None  # parse_data_spec guarantees a path for folders
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"image folder {root} does not exist; pass --data folder:PATH with class subfolders")
+    size = input_size or 224
+    resize = eval_resize_for(size)
+    held_out = next(((root / name, name) for name in ("val", "test") if (root / name).is_dir()), None)
+    if (root / "train").is_dir() and held_out is not None:
+        train_samples, classes = scan_class_folders(root / "train")
+        val_samples, val_classes = scan_class_folders(held_out[0])
+        if val_classes != classes:
+            raise ValueError(
+                f"{held_out[0]} has classes {val_classes} but {root / 'train'} has {classes}; they must match"
+            )
+        val_name = held_out[1]
+    else:
+        # A train/ folder with nothing held out beside it is split like a plain folder of classes.
+        base = root / "train" if (root / "train").is_dir() else root
+        samples, classes = scan_class_folders(base)
+        fraction = DEFAULT_FOLDER_VAL_SPLIT if val_split is None else val_split
+        train_idx, val_idx = stratified_split([label for _, label in samples], fraction, seed)
+        train_samples = [samples[i] for i in train_idx]
+        val_samples = [samples[i] for i in val_idx]
+        val_name = "val"
+    return DataBundle(
+        kind="folder",
+        classes=classes,
+        train=ImageFolderSplit(train_samples, classes, train_transform(size)),
+        val=ImageFolderSplit(val_samples, classes, eval_transform(size, resize)),
+        val_name=val_name,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        input_size=size,
+        eval_resize=resize,
+    )
+
+
+def load_dataset(
+    spec: str | DataSpec,
+    *,
+    data_root: str | Path | None = None,
+    input_size: int | None = None,
+    val_split: float | None = None,
+    seed: int = 0,
+    download: bool = True,
+) -> DataBundle:
+    """Load a dataset described by a ``--data`` value into a :class:`DataBundle`.
+
+    ``data_root`` (default ``$LIGHTNETS_DATA`` or ``./data``) is where CIFAR is looked for, and downloaded to
+    when ``download`` is true. ``val_split`` holds out a stratified, ``seed``-determined fraction of the training
+    images as val: for CIFAR only when given (the test set is used otherwise); for a plain folder of classes it
+    defaults to 0.2; a folder with ``train/`` and ``val/`` (or ``test/``) subfolders uses those and ignores it.
+    ``input_size`` defaults to 32 for CIFAR and 224 for folders.
+    """
+    if isinstance(spec, str):
+        spec = parse_data_spec(spec)
+    if spec.kind not in DATA_KINDS:
+        raise ValueError(f"unknown dataset kind {spec.kind!r}: expected {_VALID_FORMS}")
+    _check_options(input_size, val_split)
+    if spec.kind in CIFAR_SOURCES:
+        root = Path(data_root).expanduser() if data_root is not None else default_data_root()
+        return _load_cifar_bundle(spec, root, input_size, val_split, seed, download)
+    if spec.path is None:
+        raise ValueError(f"folder data needs a path: expected {_VALID_FORMS}")
+    return _load_folder_bundle(spec, input_size, val_split, seed)

@@ -1,0 +1,259 @@
+"""Image-folder datasets: one subfolder per class, images of any size and PIL mode, decoded lazily.
+
+Images come out as uint8 (3, S, S) tensors and are normalized later, on the device, by the training loop.
+A file that cannot be decoded yields ``None`` (with one warning naming it) and :func:`collate_skip_bad`
+drops it, so a single bad download never stops an epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+
+from lightnets.data.cifar import DatasetNotFoundError
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IMAGE_EXTENSIONS",
+    "ImageFolderSplit",
+    "collate_skip_bad",
+    "eval_resize_for",
+    "eval_transform",
+    "find_images",
+    "load_image_rgb",
+    "scan_class_folders",
+    "stratified_split",
+    "to_rgb",
+    "train_transform",
+]
+
+# timm's IMAGENET_DEFAULT_MEAN / IMAGENET_DEFAULT_STD, copied so that importing this module stays light.
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+# Where an image is transparent it is shown over white, as a browser or viewer would show it.
+_BACKGROUND = (255, 255, 255, 255)
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+
+
+# ----------------------------------------------------------------------------------------------- decoding
+
+
+def _high_depth_to_gray(image: Image.Image) -> Image.Image:
+    """16-bit, 32-bit integer and float grayscale as 8-bit L; ``convert`` would clip instead of scaling."""
+    values = np.asarray(image).astype(np.float64)
+    if image.mode.startswith("I;16"):
+        values = values / 257.0
+    elif image.mode == "F" and values.size and np.nanmax(values) <= 1.0:
+        values = values * 255.0  # float images in 0..1
+    elif image.mode == "I" and values.size and values.max() > 255:
+        values = values / 257.0  # 16-bit data widened to 32 bits (e.g. some PNG and TIFF readers)
+    gray = np.clip(np.nan_to_num(np.rint(values)), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray, mode="L")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode as RGB: alpha (and palette transparency) is composited over white, deep grayscale is scaled."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
+        # Going through RGBA is what Pillow asks for with palette transparency (else it warns on every image).
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, _BACKGROUND), rgba).convert("RGB")
+    if image.mode.startswith("I") or image.mode == "F":
+        return _high_depth_to_gray(image).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image_rgb(path: str | Path) -> Image.Image:
+    """Decode an image file fully, upright per its EXIF orientation, as an RGB PIL image."""
+    with Image.open(path) as opened:
+        opened.load()  # decode now, so a corrupt file fails here and not later inside a transform
+        image = opened
+        try:
+            image = ImageOps.exif_transpose(opened)
+        except Exception:  # malformed EXIF is common and must not cost the image
+            image = opened
+        return to_rgb(image)
+
+
+# ----------------------------------------------------------------------------------------------- transforms
+
+
+def eval_resize_for(input_size: int) -> int:
+    """The resize before the center crop at evaluation: the standard 0.875 crop ratio (256 for 224)."""
+    return round(input_size / 0.875)
+
+
+def _plain_tensor(image: torch.Tensor) -> torch.Tensor:
+    # v2 returns tv_tensors.Image; a plain tensor keeps collate, pickling and device moves free of subclass logic.
+    return image.as_subclass(torch.Tensor).contiguous()
+
+
+def train_transform(input_size: int) -> Callable[[Image.Image], torch.Tensor]:
+    """Random-resized crop and horizontal flip, PIL image -> uint8 tensor (3, S, S); no normalization."""
+    from torchvision.transforms import v2  # deferred: torchvision adds seconds to every CIFAR-only start
+
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.RandomResizedCrop(input_size, antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.uint8, scale=True),
+            _plain_tensor,
+        ]
+    )
+
+
+def eval_transform(input_size: int, eval_resize: int) -> Callable[[Image.Image], torch.Tensor]:
+    """Resize the short side to ``eval_resize`` then center-crop ``input_size``: PIL image -> uint8 (3, S, S)."""
+    from torchvision.transforms import v2
+
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(eval_resize, antialias=True),
+            v2.CenterCrop(input_size),
+            v2.ToDtype(torch.uint8, scale=True),
+            _plain_tensor,
+        ]
+    )
+
+
+def _pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+# ----------------------------------------------------------------------------------------------- dataset
+
+
+class ImageFolderSplit(Dataset):
+    """Samples ``(path, label)`` decoded on access: ``dataset[i]`` is ``(uint8 (3, S, S), label)`` or ``None``.
+
+    ``None`` means the file could not be decoded; it is warned about once and :func:`collate_skip_bad` drops it.
+    Without a ``transform`` images keep their own size.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[tuple[str | Path, int]],
+        classes: Sequence[str],
+        transform: Callable[[Image.Image], torch.Tensor] | None = None,
+    ) -> None:
+        self.samples: list[tuple[Path, int]] = [(Path(path), int(label)) for path, label in samples]
+        self.classes: list[str] = list(classes)
+        self.transform = transform if transform is not None else _pil_to_tensor
+        self._warned: set[Path] = set()
+
+    @property
+    def targets(self) -> list[int]:
+        return [label for _, label in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
+        path, label = self.samples[index]
+        try:
+            image = load_image_rgb(path)
+        except Exception as error:  # PIL raises a zoo of types (OSError, SyntaxError, ...) on bad files
+            if path not in self._warned:
+                self._warned.add(path)
+                warnings.warn(f"skipping unreadable image {path}: {type(error).__name__}: {error}", stacklevel=2)
+            return None
+        return self.transform(image), label
+
+
+def collate_skip_bad(batch: Iterable[tuple[torch.Tensor, int] | None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack uint8 images and int64 labels, dropping the ``None`` of unreadable files.
+
+    A batch with nothing readable gives ``(uint8 (0, 3, 0, 0), int64 (0,))``; skip batches of length 0.
+    """
+    good = [item for item in batch if item is not None]
+    if not good:
+        return torch.empty((0, 3, 0, 0), dtype=torch.uint8), torch.empty((0,), dtype=torch.int64)
+    images = torch.stack([image for image, _ in good])
+    labels = torch.tensor([label for _, label in good], dtype=torch.int64)
+    return images, labels
+
+
+# ----------------------------------------------------------------------------------------------- scanning
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def find_images(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursively, links followed), hidden files and folders skipped, sorted."""
+    found = []
+    for directory, subdirs, files in os.walk(folder, followlinks=True):
+        subdirs[:] = sorted(d for d in subdirs if not _is_hidden(d))
+        found.extend(
+            Path(directory) / name
+            for name in files
+            if not _is_hidden(name) and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+        )
+    return sorted(found)
+
+
+def _class_dirs(root: Path) -> list[str]:
+    return sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not _is_hidden(entry.name))
+
+
+def scan_class_folders(root: str | Path) -> tuple[list[tuple[Path, int]], list[str]]:
+    """``(samples, classes)`` of a folder holding one subfolder per class; classes are the sorted folder names."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"image folder {root} does not exist; pass --data folder:PATH with class subfolders")
+    classes = _class_dirs(root)
+    if len(classes) < 2:
+        found = f" (only {classes[0]!r})" if classes else ""
+        raise ValueError(
+            f"{root} has {len(classes)} class folder(s){found}; it needs one subfolder per class, at least 2"
+        )
+    samples: list[tuple[Path, int]] = []
+    for label, name in enumerate(classes):
+        images = find_images(root / name)
+        if not images:
+            extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
+            raise ValueError(f"class folder {root / name} holds no images ({extensions}); add some or remove it")
+        samples.extend((path, label) for path in images)
+    return samples, classes
+
+
+def _val_count(size: int, fraction: float) -> int:
+    if size < 2 or fraction <= 0:
+        return 0
+    # Round half up, and keep at least one image on each side so every class is seen and measured.
+    return min(size - 1, max(1, math.floor(size * fraction + 0.5)))
+
+
+def stratified_split(
+    labels: Sequence[int] | np.ndarray, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class deterministic ``(train_indices, val_indices)``, both sorted.
+
+    Each class is shuffled by its own ``numpy.random.default_rng(seed)``, so a class's split depends only on
+    the seed and its size; ``round(n * val_fraction)`` of it goes to val, at least one when it has 2 or more.
+    """
+    labels = np.asarray(labels)
+    train_parts, val_parts = [np.empty(0, dtype=np.int64)], [np.empty(0, dtype=np.int64)]
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        shuffled = members[np.random.default_rng(seed).permutation(members.size)]
+        n_val = _val_count(members.size, val_fraction)
+        val_parts.append(shuffled[:n_val])
+        train_parts.append(shuffled[n_val:])
+    return np.sort(np.concatenate(train_parts)), np.sort(np.concatenate(val_parts))
