@@ -15,8 +15,14 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# A short real run: CIFAR-10 from ../shared/data (or ./data), a small AsymmNet, 2 epochs on the CPU.
+DEMO_DATA ?= $(if $(wildcard ../shared/data/cifar-10-jpeg-python.tar.gz),cifar10:../shared/data/cifar-10-jpeg-python.tar.gz,cifar10)
+DEMO_RUN ?= runs/demo
+
 demo: $(STAMP)
-	$(VENV)/bin/lightnets models
+	rm -rf $(DEMO_RUN)
+	$(VENV)/bin/lightnets train --model asymmnet_small_x0_35_cifar --data $(DEMO_DATA) --epochs 2 --out $(DEMO_RUN)
+	$(VENV)/bin/lightnets eval --checkpoint $(DEMO_RUN)/best.pt --data $(DEMO_DATA)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,10 +1,15 @@
-"""The ``lightnets`` command line: ``lightnets models`` lists the zoo with its complexity."""
+"""The ``lightnets`` command line.
+
+``models`` lists the zoo with its complexity; ``train`` trains a model on CIFAR or a class-folder dataset
+and writes a run directory; ``eval`` and ``predict`` use a checkpoint and nothing else.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -88,6 +93,141 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _yaml_value(text: str):
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def _train_config_from_args(args: argparse.Namespace):
+    from lightnets.training import TrainConfig
+
+    names = {f for f in TrainConfig.__dataclass_fields__ if f != "model_kwargs"}
+    values = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    model_kwargs = dict(args.model_kwargs or {})
+    for item in args.model_arg or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--model-arg expects KEY=VALUE, got {item!r}")
+        model_kwargs[key] = _yaml_value(value)
+    values["model_kwargs"] = model_kwargs
+    return TrainConfig.from_dict(values)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from lightnets.training import load_run_config, train
+
+    if args.resume:
+        config = load_run_config(args.resume)
+        if args.quiet:
+            config.quiet = True
+        train(config, resume=args.resume)
+    else:
+        train(_train_config_from_args(args))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from lightnets.evaluation import run_eval
+
+    run_eval(args)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from lightnets.evaluation import run_predict
+
+    run_predict(args)
+    return 0
+
+
+def add_train_parser(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser(
+        "train",
+        help="train a model on CIFAR-10/100 or a class-folder dataset",
+        description="Train with the recipe: SGD + Nesterov, lr 0.1 per 256 images, cosine after warmup, "
+        "wd 5e-4 (not on BN/bias), label smoothing 0.1. Every flag can also come from --config FILE.yaml.",
+    )
+    add = train.add_argument
+    add("--config", type=Path, help="YAML file of settings (keys as the flags, with underscores); flags override")
+    add("--resume", metavar="RUN_DIR", help="continue a run from its last.pt; its args.yaml supplies every setting")
+    add("--model", help="registered name, tv:NAME or timm:NAME (default spgnet_s2p6_cifar)")
+    add("--data", help="cifar10, cifar100, cifar10:PATH (archive or folder), folder:PATH")
+    add("--data-root", dest="data_root", help="where cifar archives are looked for (env LIGHTNETS_DATA, ./data)")
+    add("--epochs", type=int)
+    add("--batch-size", dest="batch_size", type=int, help="global batch (default 256)")
+    add("--lr", type=float, help="learning rate (default: --lr-base x batch / 256)")
+    add("--lr-base", dest="lr_base", type=float, help="learning rate per 256 images (default 0.1)")
+    add("--min-lr", dest="min_lr", type=float, help="floor of the cosine schedule (default 0)")
+    add("--momentum", type=float)
+    add("--nesterov", action=argparse.BooleanOptionalAction, default=None)
+    add("--weight-decay", dest="weight_decay", type=float, help="on conv/linear weights only (default 5e-4)")
+    add("--label-smoothing", dest="label_smoothing", type=float, help="default 0.1")
+    add("--warmup-epochs", dest="warmup_epochs", type=float, help="linear warmup length (default 1)")
+    add("--amp", action=argparse.BooleanOptionalAction, default=None, help="autocast (default: on for CUDA only)")
+    add("--amp-dtype", dest="amp_dtype", choices=["bfloat16", "float16"], help="float16 uses a GradScaler (CUDA)")
+    add("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=None)
+    add("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
+    add("--ema", action=argparse.BooleanOptionalAction, default=None, help="evaluate an EMA of the weights")
+    add("--ema-decay", dest="ema_decay", type=float)
+    add("--seed", type=int)
+    add("--device", help="auto (cuda if present), cpu, cuda, cuda:N")
+    add("--workers", type=int, help="DataLoader workers for folder datasets (default 4)")
+    add("--input-size", dest="input_size", type=int, help="default: 32 for CIFAR, the model's size for folders")
+    add("--val-split", dest="val_split", type=float, help="held-out fraction of train (folders default 0.2)")
+    add("--out", help="run directory (default runs/MODEL-DATA-TIME)")
+    add("--quiet", action="store_true", default=None, help="no progress bars or per-epoch lines")
+    add("--log-every", dest="log_every", type=int, help="steps between progress-bar updates (host syncs)")
+    add("--max-steps-per-epoch", dest="max_steps_per_epoch", type=int, help="cap steps per epoch (smoke tests)")
+    add("--model-arg", dest="model_arg", action="append", metavar="KEY=VALUE", help="builder kwarg, repeatable")
+    train.set_defaults(func=cmd_train, model_kwargs=None)
+
+
+def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
+    evaluate = sub.add_parser("eval", help="top-1/top-5, per-class accuracy and confusion of a checkpoint")
+    evaluate.add_argument("--checkpoint", required=True, help="a .pt file (or a run directory: its best.pt)")
+    evaluate.add_argument("--data", required=True, help="dataset spec, as for train")
+    evaluate.add_argument("--data-root", dest="data_root")
+    evaluate.add_argument("--split", choices=["val", "train"], default="val", help="val: the held-out/test split")
+    evaluate.add_argument("--batch-size", dest="batch_size", type=int, default=256)
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--workers", type=int, default=4)
+    evaluate.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None)
+    evaluate.add_argument("--out", help="directory for eval.json and confusion.png")
+    evaluate.set_defaults(func=cmd_eval)
+
+    predict = sub.add_parser("predict", help="top-k classes of image files with a checkpoint")
+    predict.add_argument("--checkpoint", required=True, help="a .pt file (or a run directory: its best.pt)")
+    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument("--topk", type=int, default=5)
+    predict.add_argument("--device", default="auto")
+    predict.add_argument("--json", action="store_true", help="print JSON instead of text")
+    predict.set_defaults(func=cmd_predict)
+
+
+def _apply_config_file(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse once to find ``--config``, take its YAML as defaults for the train parser, parse again."""
+    args = parser.parse_args(argv)
+    if getattr(args, "command", None) != "train" or not args.config:
+        return args
+    import yaml
+
+    if not args.config.is_file():
+        parser.error(f"--config {args.config} does not exist")
+    values = yaml.safe_load(args.config.read_text()) or {}
+    if not isinstance(values, dict):
+        parser.error(f"--config {args.config} must hold a mapping of settings")
+    from lightnets.training import TrainConfig
+
+    known = set(TrainConfig.__dataclass_fields__)
+    unknown = sorted(k for k in (key.replace("-", "_") for key in values) if k not in known)
+    if unknown:
+        parser.error(f"--config {args.config}: unknown setting(s) {', '.join(unknown)}")
+    train_parser = parser._subparsers._group_actions[0].choices["train"]
+    train_parser.set_defaults(**{key.replace("-", "_"): value for key, value in values.items()})
+    return parser.parse_args(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lightnets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -98,17 +238,23 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--num-classes", type=int, default=None, help="classifier width (default: the form's)")
     models.add_argument("--markdown", action="store_true", help="print a Markdown table")
     models.set_defaults(func=cmd_models)
+
+    add_train_parser(sub)
+    add_eval_parsers(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _apply_config_file(parser, argv)
     try:
         return args.func(args)
-    except ValueError as error:
+    except (ValueError, FileNotFoundError) as error:
         print(f"lightnets {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"lightnets {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
