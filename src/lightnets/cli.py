@@ -228,6 +228,183 @@ def _apply_config_file(parser: argparse.ArgumentParser, argv: Sequence[str] | No
     return parser.parse_args(argv)
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from lightnets.benchmarking import BenchSettings, bench_models, operator_study, write_rows
+
+    if args.ops:
+        rows = operator_study(device=args.device, threads=args.threads, batch_size=args.batch_sizes[0])
+        if args.out:
+            json_path, csv_path = write_rows(rows, args.out)
+            from lightnets.report import plot_operator_study
+
+            plot_path = Path(args.out).with_suffix(".png")
+            plot_operator_study(rows, plot_path)
+            print(f"wrote {json_path}, {csv_path} and {plot_path}")
+        return 0
+    settings = BenchSettings(
+        models=_model_names(args.models),
+        input_size=args.input_size,
+        batch_sizes=args.batch_sizes,
+        device=args.device,
+        threads=args.threads or BenchSettings().threads,
+        backends=[b.strip() for b in args.backends.split(",") if b.strip()],
+        deploy=args.deploy,
+        channels_last=args.channels_last,
+        dtype=args.dtype,
+        min_run_time=args.min_run_time,
+    )
+    rows = bench_models(settings)
+    headers = [
+        "model",
+        "backend",
+        "batch",
+        "input",
+        "params (M)",
+        "MACs (M)",
+        "median ms",
+        "IQR ms",
+        "img/s",
+        "GMAC/s",
+        "peak MB",
+        "compile s",
+    ]
+    table = [
+        [
+            r["model"],
+            r["backend"],
+            r["batch_size"],
+            r["input_size"],
+            f"{r['params'] / 1e6:.3f}",
+            f"{r['macs'] / 1e6:.1f}",
+            f"{r['latency_ms_median']:.2f}",
+            f"{r['latency_ms_iqr']:.2f}",
+            f"{r['images_per_s']:.1f}",
+            f"{r['gmacs_per_s']:.2f}",
+            f"{r['peak_memory_mb']:.1f}",
+            "" if r["compile_s"] is None else f"{r['compile_s']:.1f}",
+        ]
+        for r in rows
+    ]
+    print(format_table(headers, table, markdown=args.markdown))
+    if args.out:
+        json_path, csv_path = write_rows(rows, args.out)
+        print(f"wrote {json_path} and {csv_path}")
+    return 0
+
+
+def add_bench_parser(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser(
+        "bench",
+        help="latency and throughput of models (eager, compile, onnxruntime) or the operator study (--ops)",
+    )
+    bench.add_argument("--models", default="spgnet_s2p6", help="patterns and tv:/timm: names, comma-separated")
+    bench.add_argument("--input-size", dest="input_size", type=int, help="default: each model's own")
+    bench.add_argument("--batch-sizes", dest="batch_sizes", type=_int_list, default=[1, 32], help="e.g. 1,32")
+    bench.add_argument("--device", default="cpu", help="cpu or cuda")
+    bench.add_argument("--threads", type=int, help="intra-op threads for PyTorch and ONNX Runtime")
+    bench.add_argument("--backends", default="eager,onnxruntime", help="eager,compile,onnxruntime")
+    bench.add_argument("--deploy", action=argparse.BooleanOptionalAction, default=True, help="deploy form (default)")
+    bench.add_argument("--channels-last", dest="channels_last", action="store_true")
+    bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    bench.add_argument("--min-run-time", dest="min_run_time", type=float, default=1.0, help="seconds per timing")
+    bench.add_argument("--ops", action="store_true", help="operator study: dense vs grouped vs depthwise at equal MACs")
+    bench.add_argument("--markdown", action="store_true")
+    bench.add_argument("--out", help="results.json (a CSV is written beside it)")
+    bench.set_defaults(func=cmd_bench)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from lightnets.report import write_report
+
+    for path in args.bench:
+        if not path.is_file():
+            raise ValueError(f"bench file {path} does not exist; make one with `lightnets bench --out FILE`")
+    report = write_report(args.bench, args.out, args.runs or [])
+    print(report.read_text())
+    print(f"wrote {report} and its plots")
+    return 0
+
+
+def add_report_parser(sub: argparse._SubParsersAction) -> None:
+    report = sub.add_parser("report", help="Markdown table and plots from bench JSON files (and run directories)")
+    report.add_argument("bench", nargs="+", type=Path, help="files written by `lightnets bench --out`")
+    report.add_argument("--runs", nargs="*", type=Path, help="run directories: adds accuracy vs latency")
+    report.add_argument("--out", type=Path, default=Path("report"), help="output directory (default ./report)")
+    report.set_defaults(func=cmd_report)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from lightnets.export import export_onnx, export_safetensors
+    from lightnets.models import create_model, reparameterize_model
+
+    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    classes = None
+    if args.checkpoint:
+        from lightnets.checkpoint import load_checkpoint
+
+        if Path(args.checkpoint).suffix != ".safetensors":
+            state = load_checkpoint(args.checkpoint)
+            if args.model and args.model != state["model_name"]:
+                raise ValueError(
+                    f"checkpoint {args.checkpoint} holds {state['model_name']!r}, not {args.model!r}; drop --model"
+                )
+            args.model = state["model_name"]
+            classes = state["classes"]
+        kwargs["checkpoint"] = args.checkpoint
+    if not args.model:
+        raise ValueError("give --model NAME (or --checkpoint CKPT, which names its model)")
+    model = create_model(args.model, **kwargs).eval()
+    if args.deploy:
+        model = reparameterize_model(model)
+    out = Path(args.out)
+    if args.format == "onnx":
+        size = args.input_size or int(getattr(model, "default_input_size", 224))
+        result = export_onnx(model, out, size)
+        diffs = ", ".join(
+            f"batch {b}: max abs {result['max_abs_diff'][b]:.2e} (rel {result['max_rel_diff'][b]:.2e})"
+            for b in result["max_abs_diff"]
+        )
+        print(f"wrote {out} ({result['exporter']}, opset {result['opset']}, input {size}); onnxruntime check: {diffs}")
+    else:
+        model_kwargs = {k: v for k, v in kwargs.items() if k != "checkpoint"}
+        if args.checkpoint and Path(args.checkpoint).suffix != ".safetensors":
+            model_kwargs = dict(state["model_kwargs"])
+        path = export_safetensors(
+            model,
+            out,
+            model_name=args.model,
+            model_kwargs=model_kwargs,
+            classes=classes,
+            extra={"deploy": args.deploy},
+        )
+        print(
+            f"wrote {path} and its sidecar; load with lightnets.create_model({args.model!r}, checkpoint={str(path)!r})"
+        )
+    return 0
+
+
+def add_export_parser(sub: argparse._SubParsersAction) -> None:
+    export = sub.add_parser("export", help="ONNX (checked against ONNX Runtime) or safetensors + JSON sidecar")
+    export.add_argument("--model", help="registered name (default: the checkpoint's)")
+    export.add_argument("--checkpoint", help="a lightnets .pt checkpoint or run directory, or a .safetensors file")
+    export.add_argument("--format", choices=["onnx", "safetensors"], required=True)
+    export.add_argument("--deploy", action=argparse.BooleanOptionalAction, default=False, help="export the deploy form")
+    export.add_argument("--input-size", dest="input_size", type=int, help="ONNX input size (default: the model's)")
+    export.add_argument("--num-classes", dest="num_classes", type=int, help="without a checkpoint")
+    export.add_argument("--out", required=True, help="output file (.onnx or .safetensors)")
+    export.set_defaults(func=cmd_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lightnets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -241,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_parser(sub)
     add_eval_parsers(sub)
+    add_bench_parser(sub)
+    add_report_parser(sub)
+    add_export_parser(sub)
     return parser
 
 

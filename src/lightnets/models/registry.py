@@ -41,10 +41,39 @@ def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Modu
     """Build a model by registered name, or a baseline as ``tv:NAME`` / ``timm:NAME``.
 
     ``num_classes`` defaults to the form's own (1000 for ImageNet forms, 10 for ``*_cifar``).
-    Extra keyword arguments go to the builder (e.g. ``drop_rate``, ``widths``).
+    Extra keyword arguments go to the builder (e.g. ``drop_rate``, ``widths``). ``checkpoint=PATH`` loads
+    weights from a ``.safetensors`` export (with its JSON sidecar) or a lightnets ``.pt`` checkpoint.
     """
+    checkpoint = kwargs.pop("checkpoint", None)
+    if checkpoint is not None:
+        # The file records the kwargs it was built with (e.g. num_classes); explicit ones still win.
+        kwargs = {**_saved_model_kwargs(checkpoint), **kwargs}
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
+    model = _build(name, **kwargs)
+    if checkpoint is not None:
+        from lightnets.export import load_weights_into
+
+        model = load_weights_into(model, checkpoint)
+    return model
+
+
+def _saved_model_kwargs(path) -> dict:
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from lightnets.export import sidecar_path
+
+        sidecar = sidecar_path(path)
+        return dict(json.loads(sidecar.read_text()).get("model_kwargs", {})) if sidecar.is_file() else {}
+    from lightnets.checkpoint import load_checkpoint
+
+    return dict(load_checkpoint(path)["model_kwargs"])
+
+
+def _build(name: str, **kwargs) -> nn.Module:
     if name.startswith("tv:"):
         from lightnets.models.baselines import create_torchvision_model
 
