@@ -31,7 +31,15 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from lightnets.models.layers import ConvBnAct, SqueezeExcite, channel_shuffle, global_pool, init_weights, round_up
+from lightnets.models.layers import (
+    ClassifierModel,
+    ConvBnAct,
+    SqueezeExcite,
+    channel_shuffle,
+    global_pool,
+    init_weights,
+    round_up,
+)
 from lightnets.models.registry import register_model
 
 __all__ = ["AsymmBlockConfig", "AsymmNet", "AsymmNetConfig", "AsymmetricBottleneck"]
@@ -165,7 +173,7 @@ def _cifar_blocks(blocks: tuple[AsymmBlockConfig, ...]) -> tuple[AsymmBlockConfi
     return tuple(replace(row, stride=1) if i == first_down else row for i, row in enumerate(blocks))
 
 
-class AsymmNet(nn.Module):
+class AsymmNet(ClassifierModel):
     def __init__(
         self,
         config: AsymmNetConfig,
@@ -178,7 +186,6 @@ class AsymmNet(nn.Module):
         in_chans: int = 3,
     ) -> None:
         super().__init__()
-        self.num_classes = num_classes
         self.default_input_size = 32 if cifar else 224
         block_rows = _cifar_blocks(config.blocks) if cifar else config.blocks
 
@@ -213,21 +220,8 @@ class AsymmNet(nn.Module):
         self.conv_head = nn.Conv2d(self.num_features, self.head_hidden_size, 1, bias=False)
         self.head_act = nn.Hardswish(inplace=True)
         self.drop = nn.Dropout(drop_rate)
-        self.classifier: nn.Module = self._make_classifier(num_classes)
+        self.reset_classifier(num_classes)
         init_weights(self)
-
-    def _make_classifier(self, num_classes: int) -> nn.Module:
-        return nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.classifier = self._make_classifier(num_classes)
-        if isinstance(self.classifier, nn.Linear):
-            nn.init.normal_(self.classifier.weight, 0.0, 0.01)
-            nn.init.zeros_(self.classifier.bias)
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_squeeze(self.blocks(self.stem(x)))
@@ -238,9 +232,6 @@ class AsymmNet(nn.Module):
         x = self.head_act(self.conv_head(x)).flatten(1)
         x = self.drop(x)
         return x if pre_logits else self.classifier(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _create_asymmnet(variant: str, width_mult: float, cifar: bool = False, **kwargs) -> AsymmNet:

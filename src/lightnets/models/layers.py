@@ -169,6 +169,33 @@ class SqueezeExcite(nn.Module):
         return x * scale
 
 
+class ClassifierModel(nn.Module):
+    """The part of the model API every lightnets family shares.
+
+    A subclass builds ``forward_features`` / ``forward_head``, sets ``num_features``, ``head_hidden_size``
+    and ``num_classes``, and calls ``self.reset_classifier(num_classes)``; this class owns the classifier
+    (a Linear on ``head_hidden_size`` features, bias as ``classifier_bias``; Identity for 0 classes).
+    """
+
+    classifier_bias: bool = True
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        if num_classes <= 0:
+            self.classifier: nn.Module = nn.Identity()
+            return
+        self.classifier = nn.Linear(self.head_hidden_size, num_classes, bias=self.classifier_bias)
+        nn.init.normal_(self.classifier.weight, 0.0, 0.01)
+        if self.classifier.bias is not None:
+            nn.init.zeros_(self.classifier.bias)
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
 def global_pool(x: torch.Tensor) -> torch.Tensor:
     """Global average pool to (N, C); ``mean`` rather than AdaptiveAvgPool keeps any input size valid."""
     return x.mean((2, 3))

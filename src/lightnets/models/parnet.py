@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightnets.models.layers import ChannelShuffle, ConvBnAct, global_pool, init_weights, pad_kernel_to
+from lightnets.models.layers import ChannelShuffle, ClassifierModel, ConvBnAct, global_pool, init_weights, pad_kernel_to
 from lightnets.models.registry import register_model
 
 __all__ = ["ParNet", "ParNetBlock", "ParNetConfig", "ParNetDownsample", "ParNetFusion"]
@@ -185,7 +185,7 @@ class ParNetConfig:
             raise ValueError(f"ParNet has three streams, got stream_depths {self.stream_depths}")
 
 
-class ParNet(nn.Module):
+class ParNet(ClassifierModel):
     def __init__(
         self,
         config: ParNetConfig,
@@ -195,7 +195,6 @@ class ParNet(nn.Module):
         in_chans: int = 3,
     ) -> None:
         super().__init__()
-        self.num_classes = num_classes
         self.default_input_size = 32 if cifar else 224
         c1, c2, c3, c_last = config.widths
         depth1, depth2, depth3 = config.stream_depths
@@ -216,21 +215,8 @@ class ParNet(nn.Module):
         self.final_down = ParNetDownsample(c3, c_last)
         self.num_features = self.head_hidden_size = c_last
         self.drop = nn.Dropout(config.drop_rate if drop_rate is None else drop_rate)
-        self.classifier: nn.Module = self._make_classifier(num_classes)
+        self.reset_classifier(num_classes)
         init_weights(self)
-
-    def _make_classifier(self, num_classes: int) -> nn.Module:
-        return nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.classifier = self._make_classifier(num_classes)
-        if isinstance(self.classifier, nn.Linear):
-            nn.init.normal_(self.classifier.weight, 0.0, 0.01)
-            nn.init.zeros_(self.classifier.bias)
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x1 = self.stem(x)
@@ -243,9 +229,6 @@ class ParNet(nn.Module):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.drop(global_pool(x))
         return x if pre_logits else self.classifier(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 PARNET_CONFIGS: dict[str, ParNetConfig] = {

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightnets.models.layers import ConvBnAct, channel_shuffle, global_pool, init_weights
+from lightnets.models.layers import ClassifierModel, ConvBnAct, channel_shuffle, global_pool, init_weights
 from lightnets.models.registry import register_model
 
 __all__ = ["ShuffleNetV1", "ShuffleUnit", "shufflenet_v1_widths"]
@@ -91,7 +91,9 @@ def shufflenet_v1_widths(groups: int, scale: float) -> tuple[int, tuple[int, ...
     return stem, stages
 
 
-class ShuffleNetV1(nn.Module):
+class ShuffleNetV1(ClassifierModel):
+    classifier_bias = False  # as released
+
     def __init__(
         self,
         config: ShuffleNetV1Config,
@@ -101,7 +103,6 @@ class ShuffleNetV1(nn.Module):
         in_chans: int = 3,
     ) -> None:
         super().__init__()
-        self.num_classes = num_classes
         self.default_input_size = 32 if cifar else 224
         stem = config.stem_channels
         self.stem = ConvBnAct(in_chans, stem, 3, stride=1 if cifar else 2)
@@ -125,20 +126,8 @@ class ShuffleNetV1(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.num_features = self.head_hidden_size = in_channels
         self.drop = nn.Dropout(drop_rate)
-        self.classifier: nn.Module = self._make_classifier(num_classes)
+        self.reset_classifier(num_classes)
         init_weights(self)
-
-    def _make_classifier(self, num_classes: int) -> nn.Module:
-        return nn.Linear(self.num_features, num_classes, bias=False) if num_classes > 0 else nn.Identity()
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.classifier = self._make_classifier(num_classes)
-        if isinstance(self.classifier, nn.Linear):
-            nn.init.normal_(self.classifier.weight, 0.0, 0.01)
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem_pool(self.stem(x)))
@@ -146,9 +135,6 @@ class ShuffleNetV1(nn.Module):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.drop(global_pool(x))
         return x if pre_logits else self.classifier(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _create_shufflenet_v1(groups: int, scale: str, cifar: bool = False, **kwargs) -> ShuffleNetV1:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from lightnets.models.layers import ConvBnAct, fuse_linear_bn, global_pool, init_weights
+from lightnets.models.layers import ClassifierModel, ConvBnAct, fuse_linear_bn, global_pool, init_weights
 from lightnets.models.registry import register_model
 
 __all__ = ["SPGBlock", "SPGNet", "SPGNetConfig"]
@@ -84,7 +84,9 @@ class SPGNetConfig:
         return tuple(16 * self.groups * 2**i for i in range(len(self.stage_repeats)))
 
 
-class SPGNet(nn.Module):
+class SPGNet(ClassifierModel):
+    classifier_bias = False  # as released
+
     def __init__(
         self,
         config: SPGNetConfig,
@@ -94,7 +96,6 @@ class SPGNet(nn.Module):
         in_chans: int = 3,
     ) -> None:
         super().__init__()
-        self.num_classes = num_classes
         self.default_input_size = 32 if cifar else 224
         stem1, stem2 = config.stem_channels
         stem_stride = 1 if cifar else 2
@@ -125,20 +126,8 @@ class SPGNet(nn.Module):
         self.pre_logits_bn: nn.Module = nn.BatchNorm1d(self.head_hidden_size)
         self.pre_logits_act = nn.ReLU(inplace=True)
         self.drop = nn.Dropout(drop_rate)
-        self.classifier: nn.Module = self._make_classifier(num_classes)
+        self.reset_classifier(num_classes)
         init_weights(self)
-
-    def _make_classifier(self, num_classes: int) -> nn.Module:
-        return nn.Linear(self.head_hidden_size, num_classes, bias=False) if num_classes > 0 else nn.Identity()
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.classifier = self._make_classifier(num_classes)
-        if isinstance(self.classifier, nn.Linear):
-            nn.init.normal_(self.classifier.weight, 0.0, 0.01)
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_head(self.stages(self.stem(x)))
@@ -147,9 +136,6 @@ class SPGNet(nn.Module):
         x = self.pre_logits_act(self.pre_logits_bn(self.pre_logits(global_pool(x))))
         x = self.drop(x)
         return x if pre_logits else self.classifier(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
     def reparameterize(self) -> None:
         if isinstance(self.pre_logits_bn, nn.BatchNorm1d):
