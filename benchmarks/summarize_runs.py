@@ -1,6 +1,6 @@
 """Collect finished run directories into a results page: ``OUT.json``, ``OUT.md`` and ``OUT/<run>-curves.png``.
 
-    python benchmarks/summarize_runs.py runs/cpu-cifar10/* --out docs/results/cpu_cifar10 --command "..."
+python benchmarks/summarize_runs.py runs/cpu-cifar10/* --out docs/results/cpu_cifar10 --command "..."
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def main() -> None:
             shutil.copyfile(curves, target)
             lines += [f"## {run['run']}", "", f"![{run['run']} curves]({args.out.name}/{target.name})", ""]
     args.out.with_suffix(".md").write_text("\n".join(lines))
-    print("\n".join(lines[:10 + len(runs)]))
+    print("\n".join(lines[: 10 + len(runs)]))
 
 
 if __name__ == "__main__":
