@@ -423,11 +423,14 @@ def train(config: TrainConfig, resume: str | Path | None = None) -> TrainResult:
     torch.manual_seed(config.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    input_size = config.input_size or default_input_size(config.model)
+    # CIFAR keeps its native 32 px unless asked; folder images are cropped to the model's own size.
+    input_size = config.input_size
+    if input_size is None and not config.data.startswith("cifar"):
+        input_size = default_input_size(config.model)
     bundle = load_dataset(
         config.data,
         data_root=config.data_root,
-        input_size=config.input_size or (None if config.data.startswith("cifar") else input_size),
+        input_size=input_size,
         val_split=config.val_split,
         seed=config.seed,
     )
@@ -538,6 +541,7 @@ def train(config: TrainConfig, resume: str | Path | None = None) -> TrainResult:
                     loss=f"{loss_sum.item() / seen:.3f}",
                     acc=f"{100 * correct.item() / seen:.1f}",
                     img_s=f"{seen / elapsed:.0f}",
+                    refresh=False,  # the update below redraws once
                 )
                 progress.update(step + 1 - progress.n)
         if device.type == "cuda":
