@@ -119,3 +119,19 @@ def test_timm_baseline():
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 4)
     with pytest.raises(ValueError, match="ghostnet_100"):
         lightnets.create_model("timm:ghostnet100")
+
+
+@pytest.mark.parametrize("name", ["tv:resnet18", "tv:mobilenet_v2", "tv:shufflenet_v2_x1_0", "timm:ghostnet_100"])
+def test_baseline_deploy_form_folds_every_batchnorm(name):
+    # ResNet's stem and block BNs sit outside any Sequential, and timm's follow their conv through a
+    # BatchNormAct2d; the traced fuser must reach all of them without changing the output.
+    model = lightnets.create_model(name, num_classes=7).eval()
+    randomize_batchnorm(model)
+    deployed = lightnets.reparameterize_model(model)
+    assert not any(isinstance(module, nn.BatchNorm2d) for module in deployed.modules())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        reference = model(x)
+        assert torch.allclose(deployed(x), reference, atol=1e-4 * reference.abs().max().item())
+        assert deployed.forward_features(x).shape[1] == deployed.num_features
+    assert any(isinstance(module, nn.BatchNorm2d) for module in model.modules())  # the original is untouched
