@@ -8,7 +8,9 @@ blocks, ``images_per_s`` = batch / median, ``gmacs_per_s`` = MACs per image x im
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import ctypes
 import json
 import math
 import os
@@ -74,7 +76,11 @@ class BenchSettings:
 
 
 class PeakMemory:
-    """Peak memory of the timed calls: CUDA's allocator peak, or on CPU the process RSS growth (sampled)."""
+    """Memory the first calls at a batch size add: CUDA's allocator peak above what was allocated before, or on
+    CPU the growth of resident memory (sampled every 0.5 ms, after freed memory is handed back to the OS).
+
+    Weights are already resident, so this is activations, workspaces and, for ONNX Runtime, its arena.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -97,6 +103,7 @@ class PeakMemory:
             return (torch.cuda.max_memory_allocated(self.device) - base) / 2**20
         if not Path("/proc/self/statm").exists():
             return float("nan")
+        _release_freed_memory()
         base = self._rss_bytes()
         peak = [base]
 
@@ -117,11 +124,23 @@ class PeakMemory:
         return max(0, peak[0] - base) / 2**20
 
 
+def _release_freed_memory() -> None:
+    """Hand memory that earlier models freed back to the OS, so that resident-memory growth is this call's own."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: the growth is then a lower bound
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+MIN_BLOCKS = 5  # an IQR needs several blocks, even when one call outlasts min_run_time
+
+
 def _time(fn: Callable[[], Any], threads: int, min_run_time: float, warmup: int, label: str):
     for _ in range(warmup):
         fn()
     timer = torch_benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads, label=label)
-    return timer.blocked_autorange(min_run_time=min_run_time)
+    measurement = timer.blocked_autorange(min_run_time=min_run_time)
+    while len(measurement.times) < MIN_BLOCKS:
+        measurement = torch_benchmark.Measurement.merge([measurement, timer.timeit(number=1)])[0]
+    return measurement
 
 
 def _row(
@@ -200,8 +219,9 @@ def bench_models(settings: BenchSettings, log: Callable[[str], None] = print) ->
                     inputs = inputs.contiguous(memory_format=memory_format)
                     call = _synchronised(runner(inputs), device)
                     with torch.inference_mode():
-                        measurement = _time(call, settings.threads, settings.min_run_time, settings.warmup, name)
+                        # Memory first: the first calls at a batch size are the ones that grow the allocators.
                         peak = PeakMemory(device).measure(call)
+                        measurement = _time(call, settings.threads, settings.min_run_time, settings.warmup, name)
                     row = _row(name, backend, batch, size, settings, params, macs, measurement, peak, compile_s)
                     rows.append(row)
                     log(
