@@ -4,6 +4,7 @@
 #   2. the CIFAR forms at 32, same settings;
 #   3. ParNet-S's training form against its deploy form (eager);
 #   4. the equal-MAC operator study;
+#   5. head-to-head ratios (benchmarks/head_to_head.py): training vs deploy form, SPGNet vs depthwise nets;
 # then `lightnets report` over 1 and 2. Writes docs/results/cpu_bench/.
 #
 #   bash benchmarks/cpu_bench.sh                # everything (about 30 minutes on 2 cores)
@@ -23,3 +24,6 @@ common=(--threads "$THREADS" --batch-sizes 1,32 --min-run-time 1.0)
 "$LIGHTNETS" bench --models parnet_s --input-size 224 --backends eager --no-deploy "${common[@]}" --out "$OUT/parnet_s_training_form.json"
 "$LIGHTNETS" bench --ops --threads "$THREADS" --out "$OUT/ops.json"
 "$LIGHTNETS" report "$OUT/imagenet224.json" "$OUT/cifar32.json" --out "$OUT"
+# Head-to-head ratios, the contenders taking turns in one process (robust to a noisy machine).
+.venv/bin/python benchmarks/head_to_head.py --study deploy --threads "$THREADS" --json "$OUT/deploy_vs_training.json"
+.venv/bin/python benchmarks/head_to_head.py --study spgnet --threads "$THREADS" --json "$OUT/spgnet_vs_depthwise.json"

@@ -29,7 +29,7 @@ from torch.utils import benchmark as torch_benchmark
 from lightnets.complexity import count_macs, count_params
 from lightnets.models import create_model, reparameterize_model
 
-__all__ = ["BenchSettings", "bench_models", "operator_study", "write_rows"]
+__all__ = ["BenchSettings", "bench_models", "interleaved_latencies", "make_runner", "operator_study", "write_rows"]
 
 ROW_KEYS = [
     "model",
@@ -212,7 +212,7 @@ def bench_models(settings: BenchSettings, log: Callable[[str], None] = print) ->
             if backend == "onnxruntime" and (device.type != "cpu" or dtype != torch.float32):
                 log(f"{name}: onnxruntime rows are measured on CPU in float32 only; skipped")
                 continue
-            runner, compile_s, cleanup = _make_runner(backend, model, size, settings, device)
+            runner, compile_s, cleanup = make_runner(backend, model, size, settings, device)
             try:
                 for batch in settings.batch_sizes:
                     inputs = torch.randn(batch, 3, size, size, device=device, dtype=dtype)
@@ -234,7 +234,7 @@ def bench_models(settings: BenchSettings, log: Callable[[str], None] = print) ->
     return rows
 
 
-def _make_runner(backend: str, model: nn.Module, size: int, settings: BenchSettings, device: torch.device):
+def make_runner(backend: str, model: nn.Module, size: int, settings: BenchSettings, device: torch.device):
     """(inputs -> zero-argument callable, compile seconds, cleanup) for one backend."""
     if backend == "eager":
         return (lambda x: lambda: model(x)), None, lambda: None
@@ -268,6 +268,26 @@ def _make_runner(backend: str, model: nn.Module, size: int, settings: BenchSetti
         return lambda: session.run(None, feed)
 
     return runner, export_s, workdir.cleanup
+
+
+def interleaved_latencies(
+    calls: dict[str, Callable[[], Any]],
+    threads: int,
+    rounds: int = 3,
+    min_run_time: float = 1.0,
+    warmup: int = 3,
+) -> dict[str, list[float]]:
+    """Median seconds per call of each entry of ``calls``, once per round, the entries taking turns.
+
+    For head-to-head figures (A against B, same process): a slow drift of a shared machine hits every entry
+    alike, so the ratio of the medians over rounds holds even when the absolute figures move.
+    """
+    medians: dict[str, list[float]] = {label: [] for label in calls}
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for label, call in calls.items():
+                medians[label].append(_time(call, threads, min_run_time, warmup, label).median)
+    return medians
 
 
 # --------------------------------------------------------------------------------------------- operator study

@@ -61,6 +61,32 @@ def load_accuracies(run_dirs: Sequence[Path]) -> dict[str, float]:
     return accuracies
 
 
+def _label_points(axis, points: Sequence[tuple[float, float, str]]) -> None:
+    """Name every point, moving a label up or down a line at a time until it overlaps no label placed before.
+
+    Call after the axis scales are set: overlap is judged in display pixels.
+    """
+    axis.autoscale_view()
+    pixels_per_point = axis.figure.dpi / 72
+    height, char_width = 9 * pixels_per_point, 4.3 * pixels_per_point  # 7 pt text
+    placed: list[tuple[float, float, float, float]] = []
+    for x, y, text in sorted(points, key=lambda p: (p[1], p[0])):
+        px, py = axis.transData.transform((x, y))
+        width = char_width * len(text)
+        for shift in (0, -1, 1, -2, 2, -3, 3, -4, 4):
+            offset = 3 + shift * 10
+            box = (px + 4 * pixels_per_point, py + offset * pixels_per_point, width, height)
+            if not any(_boxes_overlap(box, other) for other in placed):
+                break
+        placed.append(box)
+        leader = {"arrowstyle": "-", "linewidth": 0.4, "color": "0.5"} if shift else None
+        axis.annotate(text, (x, y), fontsize=7, xytext=(4, offset), textcoords="offset points", arrowprops=leader)
+
+
+def _boxes_overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
 def plot_latency_vs_macs(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     figure = Figure(figsize=(8, 6))
     axis = figure.subplots()
@@ -75,16 +101,10 @@ def plot_latency_vs_macs(rows: Sequence[dict[str, Any]], path: Path, title: str)
             s=36,
         )
         seen.add(family)
-        axis.annotate(
-            row["model"],
-            (row["macs"] / 1e6, row["latency_ms_median"]),
-            fontsize=7,
-            xytext=(4, 3),
-            textcoords="offset points",
-        )
     axis.set(
         xscale="log", yscale="log", xlabel="MACs per image (M, log)", ylabel="median latency (ms, log)", title=title
     )
+    _label_points(axis, [(row["macs"] / 1e6, row["latency_ms_median"], row["model"]) for row in rows])
     axis.grid(alpha=0.3, which="both")
     axis.legend(fontsize=8)
     _save(figure, path)
@@ -100,14 +120,9 @@ def plot_accuracy_vs_latency(
             continue
         family = family_of(row["model"])
         axis.scatter(row["latency_ms_median"], accuracies[row["model"]], color=FAMILY_COLOURS.get(family, "black"))
-        axis.annotate(
-            row["model"],
-            (row["latency_ms_median"], accuracies[row["model"]]),
-            fontsize=7,
-            xytext=(4, 3),
-            textcoords="offset points",
-        )
+    points = [(r["latency_ms_median"], accuracies[r["model"]], r["model"]) for r in rows if r["model"] in accuracies]
     axis.set(xscale="log", xlabel="median latency (ms, log)", ylabel="top-1 (%)", title=title)
+    _label_points(axis, points)
     axis.grid(alpha=0.3)
     _save(figure, path)
 
