@@ -18,8 +18,8 @@ RUNS=(
   # name | epochs | model | extra arguments
   "asymmnet_small_x1_0_cifar|4|asymmnet_small_x1_0_cifar|"
   "shufflenet_v1_g3_x0_5_cifar|2|shufflenet_v1_g3_x0_5_cifar|"
-  "spgnet_s2p6_cifar|1|spgnet_s2p6_cifar|"
-  "parnet_s_w32_cifar|1|parnet_s_cifar|--model-arg widths=[32,64,128,512]"
+  "spgnet_s2p6_cifar|3|spgnet_s2p6_cifar|"
+  "parnet_s_w32_cifar|3|parnet_s_cifar|--model-arg widths=[32,64,128,512]"
 )
 mkdir -p "$OUT"
 for entry in "${RUNS[@]}"; do
