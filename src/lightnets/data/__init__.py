@@ -9,12 +9,13 @@ happens on the device in the training loop.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from lightnets.data.augment import random_crop_flip
+from lightnets.data.augment import derive_seed, random_crop_flip
 from lightnets.data.cifar import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -34,11 +35,17 @@ from lightnets.data.folder import (
     IMAGE_EXTENSIONS,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    BadImage,
+    BadImageLog,
     ImageFolderSplit,
+    SeededSamples,
+    UnreadableImageError,
     collate_skip_bad,
+    collate_with_bad,
     eval_resize_for,
     eval_transform,
     load_image_rgb,
+    non_image_files,
     scan_class_folders,
     stratified_split,
     train_transform,
@@ -55,15 +62,21 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
+    "BadImage",
+    "BadImageLog",
     "DataBundle",
     "DataSpec",
     "DatasetNotFoundError",
     "ImageFolderSplit",
     "RestrictedUnpickler",
+    "SeededSamples",
     "TensorSplit",
+    "UnreadableImageError",
     "UnsafePickleError",
     "collate_skip_bad",
+    "collate_with_bad",
     "default_data_root",
+    "derive_seed",
     "eval_transform",
     "load_cifar",
     "load_dataset",
@@ -112,6 +125,7 @@ class DataBundle:
     std: tuple[float, float, float]
     input_size: int  # the size batches come out at (CIFAR tensors are 32 and get upsampled by the loop)
     eval_resize: int  # short-side resize before the center crop at eval and predict
+    ignored_files: list[str] = field(default_factory=list)  # non-image files found in class folders
 
     @property
     def num_classes(self) -> int:
@@ -126,8 +140,8 @@ def default_data_root() -> Path:
 def _check_options(input_size: int | None, val_split: float | None) -> None:
     if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1):
         raise ValueError(f"input_size must be a positive integer, got {input_size!r}")
-    if val_split is not None and not 0 <= val_split < 1:
-        raise ValueError(f"val_split must be a fraction in [0, 1), got {val_split!r}")
+    if val_split is not None and (isinstance(val_split, bool) or not 0 < val_split < 1):
+        raise ValueError(f"val_split must be a fraction strictly between 0 and 1, got {val_split!r}")
 
 
 def _subset(split: TensorSplit, indices: torch.Tensor) -> TensorSplit:
@@ -148,7 +162,20 @@ def _load_cifar_bundle(
     return DataBundle(spec.kind, classes, train, val, val_name, mean, std, input_size=size, eval_resize=size)
 
 
-def _load_folder_bundle(spec: DataSpec, input_size: int | None, val_split: float | None, seed: int) -> DataBundle:
+def _non_images(folders: list[Path], strict: bool) -> list[str]:
+    """Non-image files in the class folders: one warning for all of them, or with ``strict`` an error."""
+    found = [str(path) for folder in folders for path in non_image_files(folder)]
+    if found and strict:
+        raise ValueError(f"{found[0]} is not an image file (--strict refuses non-image files in class folders)")
+    if found:
+        more = f" and {len(found) - 1} more" if len(found) > 1 else ""
+        warnings.warn(f"ignoring non-image file {found[0]}{more} in the class folders", stacklevel=4)
+    return found
+
+
+def _load_folder_bundle(
+    spec: DataSpec, input_size: int | None, val_split: float | None, seed: int, strict: bool = False
+) -> DataBundle:
     root = spec.path
     assert root is not None  # parse_data_spec guarantees a path for folders
     if not root.is_dir():
@@ -164,6 +191,7 @@ def _load_folder_bundle(spec: DataSpec, input_size: int | None, val_split: float
                 f"{held_out[0]} has classes {val_classes} but {root / 'train'} has {classes}; they must match"
             )
         val_name = held_out[1]
+        class_folders = [base / name for base in (root / "train", held_out[0]) for name in classes]
     else:
         # A train/ folder with nothing held out beside it is split like a plain folder of classes.
         base = root / "train" if (root / "train").is_dir() else root
@@ -173,6 +201,8 @@ def _load_folder_bundle(spec: DataSpec, input_size: int | None, val_split: float
         train_samples = [samples[i] for i in train_idx]
         val_samples = [samples[i] for i in val_idx]
         val_name = "val"
+        class_folders = [base / name for name in classes]
+    ignored = _non_images(class_folders, strict)
     return DataBundle(
         kind="folder",
         classes=classes,
@@ -183,6 +213,7 @@ def _load_folder_bundle(spec: DataSpec, input_size: int | None, val_split: float
         std=IMAGENET_STD,
         input_size=size,
         eval_resize=resize,
+        ignored_files=ignored,
     )
 
 
@@ -194,6 +225,7 @@ def load_dataset(
     val_split: float | None = None,
     seed: int = 0,
     download: bool = True,
+    strict: bool = False,
 ) -> DataBundle:
     """Load a dataset described by a ``--data`` value into a :class:`DataBundle`.
 
@@ -201,7 +233,8 @@ def load_dataset(
     when ``download`` is true. ``val_split`` holds out a stratified, ``seed``-determined fraction of the training
     images as val: for CIFAR only when given (the test set is used otherwise); for a plain folder of classes it
     defaults to 0.2; a folder with ``train/`` and ``val/`` (or ``test/``) subfolders uses those and ignores it.
-    ``input_size`` defaults to 32 for CIFAR and 224 for folders.
+    ``input_size`` defaults to 32 for CIFAR and 224 for folders. Non-image files in a folder dataset's class
+    folders are ignored with one warning and listed in ``ignored_files``; with ``strict`` they are an error.
     """
     if isinstance(spec, str):
         spec = parse_data_spec(spec)
@@ -213,4 +246,4 @@ def load_dataset(
         return _load_cifar_bundle(spec, root, input_size, val_split, seed, download)
     if spec.path is None:
         raise ValueError(f"folder data needs a path: expected {_VALID_FORMS}")
-    return _load_folder_bundle(spec, input_size, val_split, seed)
+    return _load_folder_bundle(spec, input_size, val_split, seed, strict)

@@ -6,10 +6,23 @@ few kernel launches for a batch of 8 or of 8,192.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["random_crop_flip"]
+__all__ = ["derive_seed", "random_crop_flip"]
+
+
+def derive_seed(*keys: int) -> int:
+    """A 63-bit seed that depends only on ``keys`` (e.g. seed, epoch, step), well mixed.
+
+    Seeding a generator per step (or per sample) from this, instead of drawing from one long stream, is what
+    makes augmentation resumable: step ``k`` of epoch ``e`` gets the same random numbers whether or not the
+    steps before it ran in this process.
+    """
+    if any(key < 0 for key in keys):
+        raise ValueError(f"derive_seed keys must be non-negative integers, got {keys}")
+    return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 def random_crop_flip(images: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:

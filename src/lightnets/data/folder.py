@@ -2,7 +2,9 @@
 
 Images come out as uint8 (3, S, S) tensors and are normalized later, on the device, by the training loop.
 A file that cannot be decoded yields ``None`` (with one warning naming it) and :func:`collate_skip_bad`
-drops it, so a single bad download never stops an epoch.
+drops it, so a single bad download never stops an epoch. The training loop goes through
+:class:`SeededSamples` and :func:`collate_with_bad` instead, which hand the bad files back to the main
+process so that they are counted (and, with ``--strict``, refused) there, whatever the number of workers.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -24,12 +27,18 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
+    "BadImage",
+    "BadImageLog",
     "ImageFolderSplit",
+    "SeededSamples",
+    "UnreadableImageError",
     "collate_skip_bad",
+    "collate_with_bad",
     "eval_resize_for",
     "eval_transform",
     "find_images",
     "load_image_rgb",
+    "non_image_files",
     "scan_class_folders",
     "stratified_split",
     "to_rgb",
@@ -138,6 +147,20 @@ def _pil_to_tensor(image: Image.Image) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------- dataset
 
 
+class UnreadableImageError(ValueError):
+    """An image file that cannot be decoded; ``path`` and a one-line ``reason`` name it."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"unreadable image {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 class ImageFolderSplit(Dataset):
     """Samples ``(path, label)`` decoded on access: ``dataset[i]`` is ``(uint8 (3, S, S), label)`` or ``None``.
 
@@ -163,16 +186,23 @@ class ImageFolderSplit(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
+    def load(self, index: int) -> tuple[torch.Tensor, int]:
+        """``(image, label)`` of sample ``index``; an undecodable file raises :class:`UnreadableImageError`."""
         path, label = self.samples[index]
         try:
             image = load_image_rgb(path)
         except Exception as error:  # PIL raises a zoo of types (OSError, SyntaxError, ...) on bad files
-            if path not in self._warned:
-                self._warned.add(path)
-                warnings.warn(f"skipping unreadable image {path}: {type(error).__name__}: {error}", stacklevel=2)
-            return None
+            raise UnreadableImageError(path, _reason(error)) from None
         return self.transform(image), label
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
+        try:
+            return self.load(index)
+        except UnreadableImageError as error:
+            if error.path not in self._warned:
+                self._warned.add(error.path)
+                warnings.warn(f"skipping unreadable image {error.path}: {error.reason}", stacklevel=2)
+            return None
 
 
 def collate_skip_bad(batch: Iterable[tuple[torch.Tensor, int] | None]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,6 +216,78 @@ def collate_skip_bad(batch: Iterable[tuple[torch.Tensor, int] | None]) -> tuple[
     images = torch.stack([image for image, _ in good])
     labels = torch.tensor([label for _, label in good], dtype=torch.int64)
     return images, labels
+
+
+class BadImage(NamedTuple):
+    """A sample whose file could not be decoded, as :class:`SeededSamples` returns it."""
+
+    path: str
+    reason: str
+
+
+class SeededSamples(Dataset):
+    """``split`` with each sample's augmentation drawn from a generator seeded by ``(seed, epoch, index)``.
+
+    A sample's crop and flip then depend on nothing else: not on the number of workers, not on which worker
+    decoded it, not on what was decoded before it. That is what lets a run resumed in the middle of an epoch
+    produce exactly the batches that the uninterrupted run produced. Undecodable files come back as
+    :class:`BadImage` (not a warning inside a worker) so that the main process can count them.
+    """
+
+    def __init__(self, split: ImageFolderSplit, seed: int, epoch: int) -> None:
+        self.split = split
+        self.seed = seed
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | BadImage:
+        from lightnets.data.augment import derive_seed
+
+        # torchvision's transforms draw from the global generator; forking keeps the caller's stream (dropout,
+        # when there are no workers) untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.seed, self.epoch, index))
+            try:
+                return self.split.load(index)
+            except UnreadableImageError as error:
+                return BadImage(str(error.path), error.reason)
+
+
+def collate_with_bad(
+    batch: Iterable[tuple[torch.Tensor, int] | BadImage],
+) -> tuple[torch.Tensor, torch.Tensor, list[BadImage]]:
+    """Like :func:`collate_skip_bad` for :class:`SeededSamples`, also returning the bad samples it dropped."""
+    items = list(batch)
+    bad = [item for item in items if isinstance(item, BadImage)]
+    images, labels = collate_skip_bad([None if isinstance(item, BadImage) else item for item in items])
+    return images, labels, bad
+
+
+class BadImageLog:
+    """The unreadable images a run met: each warned about once, all counted; with ``strict`` the first is an error.
+
+    ``paths`` maps each bad file to its reason and survives a resume through the checkpoint;
+    ``events`` counts every skip (a bad file is skipped again each epoch).
+    """
+
+    def __init__(self, strict: bool = False, paths: dict[str, str] | None = None) -> None:
+        self.strict = strict
+        self.paths: dict[str, str] = dict(paths or {})
+        self.events = 0
+
+    def record(self, bad: Iterable[BadImage]) -> None:
+        for path, reason in bad:
+            if self.strict:
+                raise UnreadableImageError(Path(path), f"{reason} (--strict makes an unreadable image an error)")
+            self.events += 1
+            if path not in self.paths:
+                self.paths[path] = reason
+                warnings.warn(f"skipping unreadable image {path}: {reason}", stacklevel=2)
+
+    def __len__(self) -> int:
+        return len(self.paths)
 
 
 # ----------------------------------------------------------------------------------------------- scanning
@@ -204,6 +306,19 @@ def find_images(folder: Path) -> list[Path]:
             Path(directory) / name
             for name in files
             if not _is_hidden(name) and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+        )
+    return sorted(found)
+
+
+def non_image_files(folder: Path) -> list[Path]:
+    """Files under ``folder`` that :func:`find_images` passes over for their extension (hidden ones excepted)."""
+    found = []
+    for directory, subdirs, files in os.walk(folder, followlinks=True):
+        subdirs[:] = sorted(d for d in subdirs if not _is_hidden(d))
+        found.extend(
+            Path(directory) / name
+            for name in files
+            if not _is_hidden(name) and os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS
         )
     return sorted(found)
 
