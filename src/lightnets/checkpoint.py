@@ -16,7 +16,15 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["CheckpointError", "build_model_from_checkpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "build_model_from_checkpoint",
+    "check_checkpoint",
+    "load_checkpoint",
+    "remove_stale_temporaries",
+    "save_checkpoint",
+    "weights_fit_report",
+]
 
 REQUIRED_KEYS = ("model_name", "model_kwargs", "classes", "model")
 
@@ -26,7 +34,12 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write ``state`` to ``path`` so that ``path`` is always either the old file or the complete new one."""
+    """Write ``state`` to ``path`` so that ``path`` is always either the old file or the complete new one.
+
+    The bytes go to a temporary file in the same directory, are flushed and fsynced, and only then renamed
+    over ``path``. Any failure (a full disk, an interrupt) removes the temporary file and leaves ``path`` as it
+    was; a SIGKILL can leave the temporary behind, which :func:`remove_stale_temporaries` clears.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -47,8 +60,30 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
         os.close(dir_fd)
 
 
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Delete the temporary files that a killed :func:`save_checkpoint` left in ``directory``; return them."""
+    removed = []
+    for path in Path(directory).glob(".*.pt.*.tmp"):
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _informative_line(error: BaseException) -> str:
+    """The line of a (often multi-paragraph) loading error that says what was wrong."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    line = next((x for x in lines if "GLOBAL" in x or "Unsupported" in x), lines[0] if lines else "")
+    # PyTorch's messages run on with advice for its own developers; the first sentence is the diagnosis.
+    first_sentence = line.split(". ")[0].rstrip(".")
+    return first_sentence or type(error).__name__
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a lightnets checkpoint safely; every failure is a :class:`CheckpointError` naming the file."""
+    """Read a lightnets checkpoint safely; every failure is a one-line :class:`CheckpointError` naming the file.
+
+    ``torch.load(weights_only=True)`` builds only tensors and plain containers: a pickle that names any other
+    callable (``os.system`` in a ``__reduce__``, say) is refused before anything it names is called.
+    """
     path = Path(path)
     if path.is_dir():
         for name in ("best.pt", "last.pt"):
@@ -57,16 +92,27 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                 break
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass a .pt file or a run directory with best.pt")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); it was never written completely")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        line = _informative_line(error)
+        if "GLOBAL" in line or "global" in line:
+            raise CheckpointError(
+                f"checkpoint {path} was refused: it holds a pickled object that could run code ({line}); "
+                "only tensors and plain data are loaded"
+            ) from None
         raise CheckpointError(
-            f"checkpoint {path} was refused: it holds objects that are not plain tensors or data ({first_line})"
+            f"checkpoint {path} is unreadable (corrupt or not a checkpoint, {size} bytes): {line}"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"checkpoint {path} is unreadable (truncated or not a checkpoint): {reason}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError) as error:
+        # A truncated zip says "failed finding central directory"; random bytes fail in the unpickler
+        # with whatever opcode they happen to start with.
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable (truncated or not a checkpoint, {size} bytes): {_informative_line(error)}"
+        ) from None
     if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
         raise CheckpointError(
             f"checkpoint {path} is not a lightnets checkpoint (it lacks {', '.join(REQUIRED_KEYS)}); "
@@ -76,16 +122,75 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
+def weights_fit_report(model: nn.Module, weights: dict[str, torch.Tensor]) -> str:
+    """Why ``weights`` do not fit ``model``, in one line; empty when they do."""
+    own = model.state_dict()
+    missing = [key for key in own if key not in weights]
+    unexpected = [key for key in weights if key not in own]
+    mismatched = [
+        f"{key} {tuple(weights[key].shape)} vs {tuple(own[key].shape)}"
+        for key in own
+        if key in weights and getattr(weights[key], "shape", None) != own[key].shape
+    ]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+    if mismatched:
+        parts.append(f"{len(mismatched)} with other shapes (file vs model: {'; '.join(mismatched[:2])})")
+    return ", ".join(parts)
+
+
+def check_checkpoint(
+    state: dict[str, Any],
+    *,
+    model_name: str | None = None,
+    classes: list[str] | None = None,
+    what: str = "",
+) -> None:
+    """Refuse, in one line, a checkpoint of another model or of another set of classes than expected.
+
+    ``what`` says what the expectation comes from (e.g. "args.yaml", "the dataset").
+    """
+    path = state.get("path", "checkpoint")
+    source = f" {what}" if what else ""
+    if model_name is not None and state["model_name"] != model_name:
+        raise CheckpointError(
+            f"{path} holds model {state['model_name']!r} but{source or ' the caller'} names model {model_name!r}; "
+            "use the checkpoint with the model it was trained as"
+        )
+    if classes is not None and list(state["classes"]) != list(classes):
+        saved = state["classes"]
+        if len(saved) != len(classes):
+            problem = f"{len(saved)} classes but{source or ' the data'} has {len(classes)}"
+        else:
+            differ = [(a, b) for a, b in zip(saved, classes) if a != b]
+            problem = f"other classes than{source or ' the data'} (e.g. {differ[0][0]!r} where it has {differ[0][1]!r})"
+        raise CheckpointError(f"{path} was trained on {problem}; use it with the data it was trained on")
+
+
 def build_model_from_checkpoint(state: dict[str, Any], device: str | torch.device = "cpu") -> nn.Module:
     """Create the checkpoint's model and load its weights, in eval mode on ``device``."""
     from lightnets.models import create_model
 
-    model = create_model(state["model_name"], **state["model_kwargs"])
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:
-        detail = str(error).strip().splitlines()[0]
+    path = state.get("path", "checkpoint")
+    num_classes = state["model_kwargs"].get("num_classes")
+    if num_classes is not None and num_classes != len(state["classes"]):
         raise CheckpointError(
-            f"checkpoint {state.get('path', '')} does not fit model {state['model_name']!r}: {detail}"
-        ) from None
+            f"{path} is inconsistent: its model has {num_classes} outputs but it names {len(state['classes'])} classes"
+        )
+    try:
+        model = create_model(state["model_name"], **state["model_kwargs"])
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"{path} names a model that cannot be built here: {_informative_line(error)}") from None
+    if not isinstance(state["model"], dict):
+        raise CheckpointError(f"{path} holds no weights dict under 'model'")
+    problem = weights_fit_report(model, state["model"])
+    if problem:
+        raise CheckpointError(
+            f"weights in {path} do not fit model {state['model_name']!r} ({problem}); "
+            "they were written for another model, or another version of this one"
+        )
+    model.load_state_dict(state["model"])
     return model.to(device).eval()
