@@ -115,9 +115,15 @@ def _train_config_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from lightnets.training import load_run_config, train
+    from lightnets.training import TrainConfig, load_run_config, train
 
     if args.resume:
+        # A resumed run must be the run that was started; a flag that changed it would break exact resume.
+        given = [n for n in TrainConfig.__dataclass_fields__ if n != "quiet" and getattr(args, n, None) is not None]
+        given += ["model_arg"] * bool(args.model_arg) + ["config"] * bool(args.config)
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise ValueError(f"--resume takes every setting from {args.resume}/args.yaml; drop {flags}")
         config = load_run_config(args.resume)
         if args.quiet:
             config.quiet = True
@@ -127,9 +133,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require(value: int, flag: str, minimum: int) -> None:
+    if value < minimum:
+        raise ValueError(f"invalid {flag} {value}: expected an integer >= {minimum}")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from lightnets.evaluation import run_eval
 
+    _require(args.batch_size, "--batch-size", 1)
+    _require(args.workers, "--workers", 0)
     run_eval(args)
     return 0
 
@@ -137,6 +150,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from lightnets.evaluation import run_predict
 
+    _require(args.topk, "--topk", 1)
     run_predict(args)
     return 0
 
@@ -179,6 +193,31 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     add("--quiet", action="store_true", default=None, help="no progress bars or per-epoch lines")
     add("--log-every", dest="log_every", type=int, help="steps between progress-bar updates (host syncs)")
     add("--max-steps-per-epoch", dest="max_steps_per_epoch", type=int, help="cap steps per epoch (smoke tests)")
+    add(
+        "--checkpoint-every",
+        dest="checkpoint_every",
+        type=int,
+        metavar="N",
+        help="also write last.pt every N steps, so a kill costs at most N steps (default 0: at epoch ends only)",
+    )
+    add(
+        "--deterministic",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="deterministic kernels: on CPU, killed-and-resumed runs end bitwise equal to uninterrupted ones",
+    )
+    add(
+        "--nan-policy",
+        dest="nan_policy",
+        metavar="{stop,skip}",
+        help="on a NaN/inf loss: stop (default; last.pt and best.pt stay the last good ones) or skip the update",
+    )
+    add(
+        "--strict",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="an unreadable or non-image file in a folder dataset is an error (default: skipped and counted)",
+    )
     add("--model-arg", dest="model_arg", action="append", metavar="KEY=VALUE", help="builder kwarg, repeatable")
     train.set_defaults(func=cmd_train, model_kwargs=None)
 
@@ -432,9 +471,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"lightnets {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
+        exit_code = getattr(interrupt, "exit_code", None)
+        if exit_code is not None:  # training already said where it saved and how to resume
+            return exit_code
         print(f"lightnets {args.command}: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as error:
+        exit_code = getattr(error, "exit_code", None)
+        if exit_code is None:  # not a TrainingError: a bug, whose traceback is wanted
+            raise
+        print(f"lightnets {args.command}: error: {error}", file=sys.stderr)
+        return exit_code
 
 
 if __name__ == "__main__":

@@ -17,8 +17,13 @@ import csv
 import json
 import math
 import os
+import shutil
+import signal
 import sys
+import tempfile
+import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
@@ -30,11 +35,39 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from lightnets.checkpoint import load_checkpoint, save_checkpoint
-from lightnets.data import DataBundle, TensorSplit, collate_skip_bad, load_dataset, random_crop_flip
+from lightnets.checkpoint import (
+    CheckpointError,
+    check_checkpoint,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+    weights_fit_report,
+)
+from lightnets.data import (
+    BadImageLog,
+    DataBundle,
+    ImageFolderSplit,
+    SeededSamples,
+    TensorSplit,
+    collate_skip_bad,
+    collate_with_bad,
+    derive_seed,
+    load_dataset,
+    parse_data_spec,
+    random_crop_flip,
+)
 from lightnets.models import create_model
 
-__all__ = ["TrainConfig", "evaluate", "train"]
+__all__ = [
+    "NonFiniteLossError",
+    "TrainConfig",
+    "TrainingError",
+    "TrainingInterrupted",
+    "check_input_size",
+    "evaluate",
+    "train",
+    "validate_config",
+]
 
 
 @dataclass
@@ -69,6 +102,10 @@ class TrainConfig:
     quiet: bool = False
     log_every: int = 20
     max_steps_per_epoch: int | None = None  # for smoke tests and benchmarks
+    checkpoint_every: int = 0  # steps between mid-epoch writes of last.pt; 0: at epoch ends only
+    deterministic: bool = False  # bitwise-reproducible on CPU, however often the run is killed and resumed
+    nan_policy: str = "stop"  # on a NaN/inf loss: "stop" the run, or "skip" that step's update
+    strict: bool = False  # an unreadable or non-image file in a folder dataset is an error, not a warning
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -78,6 +115,112 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
         return cls(**values)
+
+
+NAN_POLICIES = ("stop", "skip")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+# (setting, test, the valid range as the error states it). None passes for the settings that allow it.
+_RULES: list[tuple[str, Any, str]] = [
+    ("epochs", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("lr", lambda v: v is None or (_is_number(v) and v > 0), "a number > 0 (or unset: --lr-base x batch / 256)"),
+    ("lr_base", lambda v: _is_number(v) and v > 0, "a number > 0"),
+    ("momentum", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("weight_decay", lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    ("label_smoothing", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("warmup_epochs", lambda v: _is_number(v) and v >= 0, "a number of epochs >= 0"),
+    ("min_lr", lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    ("ema_decay", lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)"),
+    ("seed", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    ("workers", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    ("input_size", lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1 (or unset: the default)"),
+    ("val_split", lambda v: v is None or (_is_number(v) and 0 < v < 1), "a fraction strictly between 0 and 1"),
+    ("log_every", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("max_steps_per_epoch", lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1 (or unset)"),
+    ("checkpoint_every", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: only at epoch ends)"),
+    ("nan_policy", lambda v: v in NAN_POLICIES, " or ".join(NAN_POLICIES)),
+    ("amp_dtype", lambda v: v in ("bfloat16", "float16"), "bfloat16 or float16"),
+    ("amp", lambda v: v is None or isinstance(v, bool), "true or false (or unset: on for CUDA)"),
+    ("model", lambda v: isinstance(v, str) and bool(v.strip()), "a model name (see `lightnets models`)"),
+    ("data", lambda v: isinstance(v, str), "cifar10, cifar100, cifar10:PATH, cifar100:PATH or folder:PATH"),
+    ("device", lambda v: isinstance(v, str), "auto, cpu, cuda or cuda:N"),
+    ("model_kwargs", lambda v: isinstance(v, dict), "a mapping of builder keyword arguments"),
+]
+_BOOLEANS = ("nesterov", "channels_last", "compile", "ema", "quiet", "deterministic", "strict")
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Refuse an invalid setting with one line that gives its valid range; reads no data and builds no model."""
+    for name, test, valid in _RULES:
+        value = getattr(config, name)
+        if not test(value):
+            raise ValueError(f"invalid {_flag(name)} {value!r}: expected {valid}")
+    for name in _BOOLEANS:
+        if not isinstance(getattr(config, name), bool):
+            raise ValueError(f"invalid {_flag(name)} {getattr(config, name)!r}: expected true or false")
+    if config.nesterov and config.momentum == 0:
+        raise ValueError("--nesterov needs a --momentum > 0 (expected a number in (0, 1)); or pass --no-nesterov")
+    parse_data_spec(config.data)  # its error lists the valid forms
+    if config.device != "auto":
+        try:
+            torch.device(config.device)
+        except RuntimeError:
+            raise ValueError(f"invalid --device {config.device!r}: expected auto, cpu, cuda or cuda:N") from None
+
+
+def _forward_error(model: nn.Module, size: int) -> str:
+    """Why a (2, 3, size, size) batch cannot go through ``model``; empty if it can."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, 3, size, size, device=device))
+    except NotImplementedError:
+        if device.type == "meta":
+            raise  # an operation without a meta kernel: the caller falls back to a real pass
+        return "an operation is not implemented for this shape"
+    except Exception as error:  # a shape error can be a RuntimeError, ValueError, AssertionError ...
+        text = str(error).strip()
+        return text.splitlines()[0] if text else type(error).__name__
+    return ""
+
+
+def check_input_size(model: nn.Module, name: str, size: int, rebuild: Any = None) -> None:
+    """Refuse an input size that ``model`` cannot take, naming the nearest sizes that it can.
+
+    ``model`` is best built on the meta device: the forward pass then only propagates shapes, in milliseconds.
+    ``rebuild()`` gives a real (CPU) model for when a meta pass is impossible.
+    """
+    model = model.eval()
+    try:
+        problem = _forward_error(model, size)
+    except NotImplementedError:
+        if rebuild is None:
+            return
+        model = rebuild().eval()
+        problem = _forward_error(model, size)
+    if not problem:
+        return
+    below = next((s for s in range(size - 1, max(0, size - 65), -1) if not _forward_error(model, s)), None)
+    above = next((s for s in range(size + 1, size + 65) if not _forward_error(model, s)), None)
+    nearest = " and ".join(str(s) for s in (below, above) if s is not None) or "none within 64 of it"
+    default = getattr(model, "default_input_size", None)
+    raise ValueError(
+        f"invalid --input-size {size}: {name} cannot take {size}x{size} images ({problem}); "
+        f"nearest sizes that work: {nearest}" + (f"; its own size is {default}" if default else "")
+    )
 
 
 # --------------------------------------------------------------------------------------------- device
@@ -103,12 +246,32 @@ def default_input_size(model_name: str) -> int:
     return int(getattr(model, "default_input_size", 224))
 
 
+def _meta_model(config: TrainConfig) -> nn.Module:
+    """A parameter-free build of the configured model: checks the name and kwargs, sizes the checkpoints."""
+    try:
+        with torch.device("meta"):
+            return create_model(config.model, **config.model_kwargs)
+    except TypeError as error:  # an unknown builder keyword
+        raise ValueError(f"invalid --model-arg for {config.model}: {error}") from None
+
+
 # --------------------------------------------------------------------------------------------- batches
 
 
 def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
-    # Data order and augmentation depend only on (seed, epoch): resuming at an epoch boundary replays them.
+    # The data order depends only on (seed, epoch): a resumed run replays it.
     return torch.Generator(device=device).manual_seed(seed * 100_003 + epoch)
+
+
+def step_generator(seed: int, epoch: int, step: int, device: torch.device) -> torch.Generator:
+    # One generator per step rather than one stream per epoch: step k's crops and flips are then the same
+    # whether the k steps before it ran in this process or in one that was killed.
+    return torch.Generator(device=device).manual_seed(derive_seed(seed, epoch, step))
+
+
+def _usable(count: int, batch_size: int) -> int:
+    # Drop the ragged last batch (BN wants full batches), unless there is only one batch's worth.
+    return count - count % batch_size if count > batch_size else count
 
 
 def tensor_batches(
@@ -118,22 +281,41 @@ def tensor_batches(
     train: bool,
     seed: int = 0,
     epoch: int = 0,
+    start_step: int = 0,
+    num_steps: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches of an in-memory split that already lives on the device; no per-image Python."""
+    """Batches ``start_step``..``num_steps`` of an in-memory split on the device; no per-image Python."""
     device = split.images.device
     count = len(split)
     if train:
-        generator = epoch_generator(seed, epoch, device)
-        order = torch.randperm(count, device=device, generator=generator)
-        count -= count % batch_size  # drop the ragged last batch: BN wants full batches
+        order = torch.randperm(count, device=device, generator=epoch_generator(seed, epoch, device))
+        count = _usable(count, batch_size)
     else:
-        generator, order = None, torch.arange(count, device=device)
-    for start in range(0, count, batch_size):
-        index = order[start : start + batch_size]
+        order = torch.arange(count, device=device)
+    starts = range(0, count, batch_size)
+    for step in range(start_step, len(starts) if num_steps is None else min(num_steps, len(starts))):
+        index = order[starts[step] : starts[step] + batch_size]
         images = split.images[index]
         if train:
-            images = random_crop_flip(images, padding=4, generator=generator)
+            images = random_crop_flip(images, padding=4, generator=step_generator(seed, epoch, step, device))
         yield images, split.labels[index]
+
+
+def _batch_indices(count: int, batch_size: int, *, train: bool, seed: int, epoch: int) -> list[list[int]]:
+    if train:
+        # The order RandomSampler gave with a generator seeded this way, so runs before resumable batching
+        # saw the same epochs.
+        order = torch.randperm(count, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+        count = _usable(count, batch_size)
+    else:
+        order = list(range(count))
+    return [order[start : start + batch_size] for start in range(0, count, batch_size)]
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group. Workers leave it to the main process, which finishes its step
+    # and saves; a worker that died of it would fail the batch being fetched instead.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def loader_batches(
@@ -145,20 +327,38 @@ def loader_batches(
     device: torch.device,
     seed: int = 0,
     epoch: int = 0,
+    start_step: int = 0,
+    num_steps: int | None = None,
+    bad_images: BadImageLog | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    """Batches ``start_step``..``num_steps`` of a decoded-on-access dataset, through a DataLoader.
+
+    An :class:`ImageFolderSplit` is read through :class:`SeededSamples`, so each image's augmentation depends
+    only on (seed, epoch, index), and its unreadable files are reported to ``bad_images`` (a fresh log that
+    warns once per file when not given).
+    """
+    index_batches = _batch_indices(len(dataset), batch_size, train=train, seed=seed, epoch=epoch)
+    index_batches = index_batches[start_step:num_steps]
+    if not index_batches:
+        return
+    seeded = isinstance(dataset, ImageFolderSplit)
+    log = bad_images if bad_images is not None else BadImageLog()
     loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=train,
-        drop_last=train and len(dataset) > batch_size,
+        SeededSamples(dataset, seed, epoch) if seeded else dataset,
+        batch_sampler=index_batches,
         num_workers=min(workers, os.cpu_count() or 1),  # more workers than cores only thrash
-        collate_fn=collate_skip_bad,
+        collate_fn=collate_with_bad if seeded else collate_skip_bad,
         pin_memory=device.type == "cuda",
-        generator=generator,
+        worker_init_fn=_ignore_sigint,
+        # Its own generator: a DataLoader without one draws its worker seed from the global generator, which
+        # would shift dropout's random numbers by whether the epoch started in this process.
+        generator=torch.Generator().manual_seed(seed),
         persistent_workers=False,
     )
-    for images, labels in loader:
+    for batch in loader:
+        images, labels = batch[0], batch[1]
+        if seeded:
+            log.record(batch[2])
         yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
 
@@ -170,12 +370,26 @@ def batches(
     train: bool,
     epoch: int = 0,
     batch_size: int | None = None,
+    start_step: int = 0,
+    num_steps: int | None = None,
+    bad_images: BadImageLog | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     batch_size = batch_size or config.batch_size
     if isinstance(split, TensorSplit):
-        return tensor_batches(split, batch_size, train=train, seed=config.seed, epoch=epoch)
+        return tensor_batches(
+            split, batch_size, train=train, seed=config.seed, epoch=epoch, start_step=start_step, num_steps=num_steps
+        )
     return loader_batches(
-        split, batch_size, train=train, workers=config.workers, device=device, seed=config.seed, epoch=epoch
+        split,
+        batch_size,
+        train=train,
+        workers=config.workers,
+        device=device,
+        seed=config.seed,
+        epoch=epoch,
+        start_step=start_step,
+        num_steps=num_steps,
+        bad_images=bad_images,
     )
 
 
@@ -294,6 +508,8 @@ def evaluate(
     topk = min(5, num_classes)
     start = time.perf_counter()
     for images, labels in batch_iter:
+        if labels.numel() == 0:  # every image of the batch was unreadable (and counted where it was read)
+            continue
         with autocast_context(device, amp, amp_dtype):
             logits = model(preprocess(images))
         logits = logits.float()
@@ -342,13 +558,15 @@ SUMMARY_COLUMNS = [
     "val_top5",
     "epoch_seconds",
     "images_per_second",
+    "skipped_images",  # unreadable images skipped in the epoch (train and val); folder datasets only
 ]
 
 
 def write_summary(history: list[dict[str, Any]], path: Path) -> None:
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
+        # restval: rows of runs begun before a column existed (resumed by a newer version) read as 0 there.
+        writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore", restval=0)
         writer.writeheader()
         writer.writerows(history)
     os.replace(tmp, path)
@@ -400,6 +618,94 @@ class TrainResult:
     best_top1: float
     best_epoch: int
     model: nn.Module
+    skipped_images: int = 0
+    skipped_steps: int = 0
+
+
+class TrainingError(RuntimeError):
+    """A run that had to stop part-way; the message says why and which checkpoint on disk is still good."""
+
+    exit_code = 1
+
+
+class NonFiniteLossError(TrainingError):
+    """A NaN or infinite loss under ``--nan-policy stop``."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM: the step in flight was finished and last.pt written. ``exit_code`` is 128 + signal."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+class _StopSignals:
+    """Turns SIGINT/SIGTERM into a request that the loop honours between steps; restores the old handlers.
+
+    A second signal while the first is being honoured stops at once (KeyboardInterrupt), as a second Ctrl-C
+    is expected to.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for signum in self.SIGNALS:
+                self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+class _Determinism:
+    """``--deterministic``: deterministic kernels (and cuDNN/cuBLAS settings), undone on exit.
+
+    On CPU every kernel PyTorch offers is then deterministic for a given thread count, so a run killed and
+    resumed any number of times ends bitwise equal to an uninterrupted one. CUDA has backward kernels with no
+    deterministic version (adaptive pooling among them), so there it only warns about those.
+    """
+
+    def __init__(self, enabled: bool, device: torch.device) -> None:
+        self.enabled = enabled
+        self.device = device
+
+    def __enter__(self) -> _Determinism:
+        self.previous = (
+            torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(),
+            torch.backends.cudnn.deterministic,
+            torch.backends.cudnn.benchmark,
+            torch.get_num_threads(),
+        )
+        if self.enabled:
+            if self.device.type == "cuda":
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=self.device.type != "cpu")
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        enabled, warn_only, cudnn_deterministic, cudnn_benchmark, threads = self.previous
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+        torch.backends.cudnn.deterministic = cudnn_deterministic
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+        torch.set_num_threads(threads)
 
 
 def resolve_config(config: TrainConfig, device: torch.device, bundle: DataBundle) -> dict[str, Any]:
@@ -416,225 +722,533 @@ def resolve_config(config: TrainConfig, device: torch.device, bundle: DataBundle
     return resolved
 
 
+def _write_text(text: str, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _checkpoint_bytes(meta_model: nn.Module, ema: bool) -> int:
+    """About how many bytes last.pt and best.pt take: weights, (EMA weights,) momentum; then best weights."""
+    weights = sum(t.numel() * t.element_size() for t in meta_model.state_dict().values())
+    return weights * ((4 if ema else 3) + 1)
+
+
+def check_output_dir(run_dir: Path, need_bytes: int) -> None:
+    """Fail now, not after an epoch, when checkpoints cannot be written to ``run_dir``.
+
+    It must be creatable and writable, and its disk must hold the checkpoints twice over: an atomic replace
+    keeps the old file until the new one is complete.
+    """
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=run_dir)
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            Path(probe).unlink(missing_ok=True)
+    except OSError as error:
+        raise ValueError(
+            f"cannot write to the run directory {run_dir} ({error.strerror or error}); "
+            "pick another --out or fix its permissions"
+        ) from None
+    present = sum((run_dir / name).stat().st_size for name in ("last.pt", "best.pt") if (run_dir / name).is_file())
+    need = max(0, 2 * need_bytes - present) + (1 << 20)  # + plots, summary and args
+    free = shutil.disk_usage(run_dir).free
+    if free < need:
+        raise ValueError(
+            f"not enough free space for {run_dir}: {free / 1e6:.1f} MB free, its checkpoints need about "
+            f"{need / 1e6:.1f} MB (old and new copy during each atomic replace); free some or pick another --out"
+        )
+
+
+def _open_resume(run_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
+    """last.pt of the run to continue (None when it was killed before its first checkpoint), checked."""
+    for stale in remove_stale_temporaries(run_dir):
+        print(f"removed {stale}, left by a checkpoint write that was killed", file=sys.stderr)
+    last = run_dir / "last.pt"
+    if not last.exists():
+        return None
+    state = load_checkpoint(last, map_location="cpu")
+    check_checkpoint(state, model_name=config.model, what=f"{run_dir / 'args.yaml'}")
+    missing = [key for key in ("train_model", "optimizer", "scheduler", "rng", "epoch") if key not in state]
+    if missing:
+        raise CheckpointError(f"{last} cannot be resumed: it lacks {', '.join(missing)} (is it a best.pt?)")
+    return state
+
+
+def _all_finite(tensors: Any) -> bool:
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors if t.is_floating_point()]).all())
+
+
 def train(config: TrainConfig, resume: str | Path | None = None) -> TrainResult:
-    """Train ``config.model`` on ``config.data``; with ``resume``, continue that run where it stopped."""
-    # ---- set-up: device, data, model, optimiser, schedule
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    # CIFAR keeps its native 32 px unless asked; folder images are cropped to the model's own size.
-    input_size = config.input_size
-    if input_size is None and not config.data.startswith("cifar"):
-        input_size = default_input_size(config.model)
-    bundle = load_dataset(
-        config.data,
-        data_root=config.data_root,
-        input_size=input_size,
-        val_split=config.val_split,
-        seed=config.seed,
-    )
-    settings = resolve_config(config, device, bundle)
+    """Train ``config.model`` on ``config.data``; with ``resume``, continue that run from its last checkpoint.
+
+    Every setting is checked, and the output directory probed, before any data is read. SIGINT and SIGTERM
+    finish the step in flight, write last.pt and raise :class:`TrainingInterrupted`; a NaN or infinite loss
+    raises :class:`NonFiniteLossError` (``nan_policy="stop"``) or skips that step's update (``"skip"``).
+    """
+    validate_config(config)
     run_dir = Path(resume) if resume else Path(config.out) if config.out else default_run_dir(config)
     if not resume and (run_dir / "last.pt").exists():
         raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume and not (run_dir / "args.yaml").is_file():
+        raise ValueError(f"cannot resume {run_dir}: it has no args.yaml (is it a lightnets run directory?)")
+    resume_state = _open_resume(run_dir, config) if resume else None
+    meta_model = _meta_model(config)
+    # CIFAR keeps its native 32 px unless asked; folder images are cropped to the model's own size.
+    input_size = config.input_size
+    if input_size is None:
+        is_cifar = parse_data_spec(config.data).kind != "folder"
+        input_size = 32 if is_cifar else int(getattr(meta_model, "default_input_size", 224))
+    check_input_size(meta_model, config.model, input_size, lambda: create_model(config.model, **config.model_kwargs))
+    created = not run_dir.exists()
+    try:
+        check_output_dir(run_dir, _checkpoint_bytes(meta_model, config.ema))
+        device = resolve_device(config.device)
+        with _Determinism(config.deterministic, device):
+            trainer = _Trainer(config, device, run_dir, input_size, resume, resume_state)
+            # Only around the loop: during set-up there is nothing to save, and Ctrl-C should act at once.
+            with _StopSignals() as trainer.stop:
+                return trainer.run()
+    except BaseException:
+        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # a run that never started leaves nothing behind
+        raise
 
-    num_classes = len(bundle.classes)
-    model_kwargs = {**config.model_kwargs, "num_classes": num_classes}
-    model = create_model(config.model, **model_kwargs).to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    train_split, val_split = bundle.train, bundle.val
-    if isinstance(train_split, TensorSplit):
-        train_split = TensorSplit(train_split.images.to(device), train_split.labels.to(device))
-        val_split = TensorSplit(val_split.images.to(device), val_split.labels.to(device))
-    preprocess = Preprocess(bundle.mean, bundle.std, bundle.input_size, config.channels_last).to(device)
 
-    amp_dtype = getattr(torch, config.amp_dtype)
-    use_amp = settings["amp"]
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16 and device.type == "cuda")
-    optimizer = torch.optim.SGD(
-        parameter_groups(model, config.weight_decay),
-        lr=settings["lr"],
-        momentum=config.momentum,
-        nesterov=config.nesterov,
-    )
-    steps = steps_per_epoch(train_split, config)
-    total_steps = steps * config.epochs
-    warmup_steps = min(total_steps, round(config.warmup_epochs * steps))
-    schedule = warmup_cosine(total_steps, warmup_steps, config.min_lr / settings["lr"] if settings["lr"] else 0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    ema = ModelEma(model, config.ema_decay) if config.ema else None
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    step_fn = torch.compile(model) if config.compile else model
+@dataclass
+class _EpochSums:
+    """Running sums of the epoch in progress; saved in a mid-epoch checkpoint so the epoch's row comes out exact."""
 
-    history: list[dict[str, Any]] = []
-    best_top1, best_epoch, start_epoch = -1.0, 0, 0
-    if resume:
-        state = load_checkpoint(run_dir / "last.pt", map_location=device)
-        if state["model_name"] != config.model:
-            raise ValueError(f"{run_dir}/last.pt holds {state['model_name']!r} but args.yaml says {config.model!r}")
-        model.load_state_dict(state["train_model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    seen: int = 0
+    start: float = 0.0  # perf_counter at which the epoch would have started, counting earlier processes' time
+    skip_events_before: int = 0  # bad_images.events when the epoch started, in this process's count
+
+    def state(self, skip_events: int) -> dict[str, Any]:
+        return {
+            "loss_sum": self.loss_sum.detach().cpu(),
+            "correct": self.correct.detach().cpu(),
+            "seen": self.seen,
+            "seconds": time.perf_counter() - self.start,
+            "skip_events": skip_events - self.skip_events_before,
+        }
+
+
+class _Trainer:
+    """One run: the set-up, then :meth:`run` over epochs and steps. Split from :func:`train` only for size."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        device: torch.device,
+        run_dir: Path,
+        input_size: int,
+        resume: str | Path | None,
+        resume_state: dict[str, Any] | None,
+    ) -> None:
+        self.config, self.device, self.run_dir = config, device, run_dir
+        self.stop = _StopSignals()  # replaced by the installed one in train()
+        self.say = (lambda *a: None) if config.quiet else (lambda *a: print(*a, flush=True))
+        torch.manual_seed(config.seed)
+        bundle = load_dataset(
+            config.data,
+            data_root=config.data_root,
+            input_size=input_size,
+            val_split=config.val_split,
+            seed=config.seed,
+            strict=config.strict,
+        )
+        if resume_state is not None:
+            check_checkpoint(resume_state, classes=list(bundle.classes), what=f"--data {config.data}")
+        self.bundle = bundle
+        self.settings = settings = resolve_config(config, device, bundle)
+
+        self.num_classes = len(bundle.classes)
+        model_kwargs = {**config.model_kwargs, "num_classes": self.num_classes}
+        model = create_model(config.model, **model_kwargs).to(device)
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.train_split, self.val_split = bundle.train, bundle.val
+        if isinstance(bundle.train, TensorSplit):
+            self.train_split = TensorSplit(bundle.train.images.to(device), bundle.train.labels.to(device))
+            self.val_split = TensorSplit(bundle.val.images.to(device), bundle.val.labels.to(device))
+        self.preprocess = Preprocess(bundle.mean, bundle.std, bundle.input_size, config.channels_last).to(device)
+
+        self.amp_dtype = getattr(torch, config.amp_dtype)
+        self.use_amp = settings["amp"]
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.use_amp and self.amp_dtype == torch.float16 and device.type == "cuda"
+        )
+        self.optimizer = torch.optim.SGD(
+            parameter_groups(model, config.weight_decay),
+            lr=settings["lr"],
+            momentum=config.momentum,
+            nesterov=config.nesterov,
+        )
+        self.steps = steps = steps_per_epoch(self.train_split, config)
+        total_steps = steps * config.epochs
+        warmup_steps = min(total_steps, round(config.warmup_epochs * steps))
+        min_ratio = config.min_lr / settings["lr"] if settings["lr"] else 0.0
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(total_steps, warmup_steps, min_ratio)
+        )
+        self.ema = ModelEma(model, config.ema_decay) if config.ema else None
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        self.step_fn = torch.compile(model) if config.compile else model
+
+        self.history: list[dict[str, Any]] = []
+        self.best_top1, self.best_epoch, self.start_epoch, self.start_step = -1.0, 0, 0, 0
+        self.running: dict[str, Any] | None = None  # the epoch in progress at a mid-epoch checkpoint
+        self.bad_images = BadImageLog(config.strict)
+        self.skipped_steps = 0
+        self.last_saved = "none written yet"
+        if resume_state is not None:
+            self._restore(resume_state)
+        else:
+            if resume:
+                self.say(f"{run_dir} has no checkpoint yet: starting it from the beginning")
+            _write_text(yaml.safe_dump(settings, sort_keys=False), run_dir / "args.yaml")
+        self.checkpoint_meta = {
+            "model_name": config.model,
+            "model_kwargs": model_kwargs,
+            "classes": list(bundle.classes),
+            "input_size": bundle.input_size,
+            "eval_resize": bundle.eval_resize,
+            "mean": list(bundle.mean),
+            "std": list(bundle.std),
+            "data": config.data,
+            "val_split": config.val_split,
+            "seed": config.seed,
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        try:
+            self.model.load_state_dict(state["train_model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError) as error:
+            problem = weights_fit_report(self.model, state["train_model"]) or str(error).strip().splitlines()[0]
+            raise CheckpointError(
+                f"{state['path']} does not fit {self.config.model} as configured: {problem}"
+            ) from None
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["rng"]["cpu"])
-        if device.type == "cuda" and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-        start_epoch, history = state["epoch"], state["history"]
-        best_top1, best_epoch = state["best_top1"], state["best_epoch"]
-    else:
-        (run_dir / "args.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+        if self.device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.start_epoch, self.start_step, self.history = state["epoch"], state.get("step", 0), state["history"]
+        self.best_top1, self.best_epoch = state["best_top1"], state["best_epoch"]
+        self.running = state.get("running")
+        self.bad_images.paths = dict(state.get("skipped_images", {}))
+        self.skipped_steps = state.get("skipped_steps", 0)
+        self.last_saved = f"epoch {self.start_epoch}, step {self.start_step}"
+        threads = state.get("threads")
+        if self.config.deterministic and threads and threads != torch.get_num_threads():
+            # Reductions split their work by thread: the same count is part of bitwise reproducibility.
+            self.say(f"using {threads} threads as this run did before (not {torch.get_num_threads()})")
+            torch.set_num_threads(threads)
+        self.say(f"resuming {self.run_dir} at epoch {self.start_epoch + 1}, step {self.start_step + 1} of {self.steps}")
 
-    checkpoint_meta = {
-        "model_name": config.model,
-        "model_kwargs": model_kwargs,
-        "classes": list(bundle.classes),
-        "input_size": bundle.input_size,
-        "eval_resize": bundle.eval_resize,
-        "mean": list(bundle.mean),
-        "std": list(bundle.std),
-        "data": config.data,
-        "val_split": config.val_split,
-        "seed": config.seed,
-    }
-    board = TensorBoard(run_dir)
-    say = (lambda *a: None) if config.quiet else (lambda *a: print(*a, flush=True))
-    say(
-        f"training {config.model} on {config.data} ({len(bundle.train)} train / {len(bundle.val)} {bundle.val_name}, "
-        f"{num_classes} classes) on {device}, {config.epochs} epochs x {steps} steps -> {run_dir}"
-    )
+    # ---- checkpoints
+
+    def _save(self, state: dict[str, Any], name: str) -> None:
+        try:
+            save_checkpoint(state, self.run_dir / name)
+        except OSError as error:
+            raise TrainingError(
+                f"could not write {self.run_dir / name} ({error.strerror or error}); the {name} on disk is still "
+                f"the previous complete one; free space or fix {self.run_dir}, then run: "
+                f"lightnets train --resume {self.run_dir}"
+            ) from None
+
+    def _training_state(self, epoch: int, step: int, running: dict[str, Any] | None) -> dict[str, Any]:
+        eval_model = self.ema.module if self.ema is not None else self.model
+        rng = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            **self.checkpoint_meta,
+            "model": eval_model.state_dict(),
+            "train_model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "rng": rng,
+            "epoch": epoch,  # completed epochs
+            "step": step,  # completed steps of the epoch after them
+            "running": running,
+            "history": self.history,
+            "best_top1": self.best_top1,
+            "best_epoch": self.best_epoch,
+            "skipped_images": dict(self.bad_images.paths),
+            "skipped_steps": self.skipped_steps,
+            "threads": torch.get_num_threads(),
+        }
+
+    def _interrupted(self, where: str) -> TrainingInterrupted:
+        assert self.stop.signum is not None
+        name = signal.Signals(self.stop.signum).name
+        message = (
+            f"{name} received: stopped {where} and saved {self.run_dir / 'last.pt'}; "
+            f"continue with: lightnets train --resume {self.run_dir}"
+        )
+        print(message, file=sys.stderr, flush=True)
+        return TrainingInterrupted(self.stop.signum, message)
+
+    def _check_finite(self, epoch: int, nonfinite: torch.Tensor, upto: int, weights: bool = False) -> None:
+        """Under --nan-policy stop, raise if a step before ``upto`` had a non-finite loss (or, with ``weights``,
+        if the weights are non-finite: a finite loss can still give infinite gradients)."""
+        if self.config.nan_policy != "stop":
+            return
+        flags = nonfinite[:upto]
+        if bool(flags.any()):
+            bad = int(flags.nonzero()[0, 0])
+            raise NonFiniteLossError(
+                f"non-finite loss at epoch {epoch + 1} step {bad + 1} (of {self.steps}); stopped without saving, "
+                f"so last.pt ({self.last_saved}) and best.pt are the last good checkpoints; lower --lr, or pass "
+                "--nan-policy skip to skip such steps"
+            )
+        if weights and not _all_finite(self.model.parameters()):
+            raise NonFiniteLossError(
+                f"the weights became non-finite by epoch {epoch + 1} step {upto} (of {self.steps}) with a finite "
+                f"loss; stopped without saving, so last.pt ({self.last_saved}) is the last good checkpoint"
+            )
 
     # ---- the loop
-    for epoch in range(start_epoch, config.epochs):
+
+    def run(self) -> TrainResult:
+        config, bundle = self.config, self.bundle
+        board = TensorBoard(self.run_dir)
+        self.say(
+            f"training {config.model} on {config.data} ({len(bundle.train)} train / {len(bundle.val)} "
+            f"{bundle.val_name}, {self.num_classes} classes) on {self.device}, {config.epochs} epochs x "
+            f"{self.steps} steps -> {self.run_dir}"
+        )
+        if bundle.ignored_files:
+            self.say(f"ignored {len(bundle.ignored_files)} non-image file(s) in the class folders")
+        if self.stop.signum is not None:  # a signal before the first step: nothing new to save
+            raise self._interrupted("before the first step")
+        for epoch in range(self.start_epoch, config.epochs):
+            row, result, improved = self._epoch(epoch)
+            board.log(row)
+            if improved:
+                write_plots(self.run_dir, self.history, result, bundle)
+            else:
+                _plots().plot_curves(self.history, self.run_dir / "curves.png", val_name=bundle.val_name)
+            if self.stop.signum is not None and epoch + 1 < config.epochs:
+                raise self._interrupted(f"at the end of epoch {epoch + 1}")
+        board.close()
+        if self.start_epoch >= config.epochs:  # killed after the last checkpoint: finish what it did not get to
+            write_summary(self.history, self.run_dir / "summary.csv")
+        return self._finish()
+
+    def _epoch(self, epoch: int) -> tuple[dict[str, Any], EvalResult, bool]:
+        config, device, model, steps = self.config, self.device, self.model, self.steps
         model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        seen = 0
+        first_step = self.start_step if epoch == self.start_epoch else 0
+        sums = _EpochSums(
+            torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.int64), 0, time.perf_counter()
+        )
+        sums.skip_events_before = self.bad_images.events
+        if first_step and self.running is not None:
+            sums.loss_sum = self.running["loss_sum"].to(device)
+            sums.correct = self.running["correct"].to(device)
+            sums.seen = self.running["seen"]
+            sums.start -= self.running["seconds"]
+            sums.skip_events_before -= self.running["skip_events"]
+        # One flag per step, set on the device: the NaN check costs no host sync until it is read.
+        nonfinite = torch.zeros(steps, dtype=torch.bool, device=device)
         progress = _progress(steps, f"epoch {epoch + 1}/{config.epochs}", config.quiet)
-        epoch_start = time.perf_counter()
-        for step, (images, labels) in enumerate(batches(train_split, config, device, train=True, epoch=epoch)):
-            if step >= steps:
-                break
-            if labels.numel() == 0:  # every image of this batch failed to decode (and was warned about)
-                continue
-            with autocast_context(device, use_amp, amp_dtype):
-                logits = step_fn(preprocess(images))
-                loss = criterion(logits.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            if ema is not None:
-                ema.update(model)
-            loss_sum += loss.detach() * labels.numel()
-            correct += (logits.detach().argmax(1) == labels).sum()
-            seen += labels.numel()
-            if progress is not None and ((step + 1) % config.log_every == 0 or step + 1 == steps):
-                # The only host sync in the loop, once every log_every steps.
-                elapsed = time.perf_counter() - epoch_start
-                progress.set_postfix(
-                    loss=f"{loss_sum.item() / seen:.3f}",
-                    acc=f"{100 * correct.item() / seen:.1f}",
-                    img_s=f"{seen / elapsed:.0f}",
-                    refresh=False,  # the update below redraws once
-                )
-                progress.update(step + 1 - progress.n)
+        if progress is not None and first_step:
+            progress.update(first_step)
+        train_iter = batches(
+            self.train_split,
+            config,
+            device,
+            train=True,
+            epoch=epoch,
+            start_step=first_step,
+            num_steps=steps,
+            bad_images=self.bad_images,
+        )
+        try:
+            for step, (images, labels) in enumerate(train_iter, start=first_step):
+                self._step(step, images, labels, sums, nonfinite)
+                done = step + 1
+                # On CPU reading the flag costs nothing (nothing runs ahead of Python), so a NaN stops the run
+                # at once; on CUDA it is read only where the loop syncs anyway, and always before a checkpoint.
+                log_point = done % config.log_every == 0 or done == steps
+                if device.type == "cpu" or log_point:
+                    self._check_finite(epoch, nonfinite, done)
+                if progress is not None and log_point:
+                    # The only host sync in the loop, once every log_every steps.
+                    elapsed = time.perf_counter() - sums.start
+                    progress.set_postfix(
+                        loss=f"{sums.loss_sum.item() / max(sums.seen, 1):.3f}",
+                        acc=f"{100 * sums.correct.item() / max(sums.seen, 1):.1f}",
+                        img_s=f"{sums.seen / max(elapsed, 1e-9):.0f}",
+                        refresh=False,  # the update below redraws once
+                    )
+                    progress.update(done - progress.n)
+                every = config.checkpoint_every
+                # The epoch end writes last.pt anyway, after evaluating; a signal does not wait for that.
+                due = every and (epoch * steps + done) % every == 0 and done < steps
+                if due or self.stop.signum is not None:
+                    self._check_finite(epoch, nonfinite, done, weights=True)
+                    self._save(self._training_state(epoch, done, sums.state(self.bad_images.events)), "last.pt")
+                    self.last_saved = f"epoch {epoch}, step {done}"
+                if self.stop.signum is not None:
+                    raise self._interrupted(f"after epoch {epoch + 1} step {done} of {steps}")
+        finally:
+            if progress is not None:
+                progress.close()
+        self._check_finite(epoch, nonfinite, steps, weights=True)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        train_seconds = time.perf_counter() - epoch_start
-        if progress is not None:
-            progress.close()
+        train_seconds = time.perf_counter() - sums.start
 
-        eval_model = ema.module if ema is not None else model
+        eval_model = self.ema.module if self.ema is not None else model
         result = evaluate(
             eval_model,
-            batches(val_split, config, device, train=False, epoch=epoch),
-            preprocess,
-            num_classes,
-            amp=use_amp,
-            amp_dtype=amp_dtype,
+            batches(self.val_split, config, device, train=False, epoch=epoch, bad_images=self.bad_images),
+            self.preprocess,
+            self.num_classes,
+            amp=self.use_amp,
+            amp_dtype=self.amp_dtype,
             label_smoothing=config.label_smoothing,
         )
         row = {
             "epoch": epoch + 1,
-            "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": loss_sum.item() / max(seen, 1),
-            "train_acc": 100.0 * correct.item() / max(seen, 1),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "train_loss": sums.loss_sum.item() / max(sums.seen, 1),
+            "train_acc": 100.0 * sums.correct.item() / max(sums.seen, 1),
             "val_loss": result.loss,
             "val_top1": result.top1,
             "val_top5": result.top5,
-            "epoch_seconds": time.perf_counter() - epoch_start,
-            "images_per_second": seen / train_seconds,
+            "epoch_seconds": time.perf_counter() - sums.start,
+            "images_per_second": sums.seen / max(train_seconds, 1e-9),
+            "skipped_images": self.bad_images.events - sums.skip_events_before,
         }
-        history.append(row)
-        say(
+        self.history.append(row)
+        self.say(
             f"epoch {epoch + 1}: train loss {row['train_loss']:.3f} acc {row['train_acc']:.2f}% | "
-            f"{bundle.val_name} loss {row['val_loss']:.3f} top-1 {row['val_top1']:.2f}% top-5 {row['val_top5']:.2f}% | "
-            f"{row['images_per_second']:.0f} img/s, {row['epoch_seconds']:.1f} s"
+            f"{self.bundle.val_name} loss {row['val_loss']:.3f} top-1 {row['val_top1']:.2f}% "
+            f"top-5 {row['val_top5']:.2f}% | {row['images_per_second']:.0f} img/s, {row['epoch_seconds']:.1f} s"
         )
-        write_summary(history, run_dir / "summary.csv")
-        board.log(row)
+        improved = result.top1 > self.best_top1
+        if improved:
+            self.best_top1, self.best_epoch = result.top1, epoch + 1
+            # best.pt before last.pt: a kill between the two then redoes this epoch (rewriting best.pt) instead
+            # of resuming past it with best.pt one improvement behind.
+            best = {**self.checkpoint_meta, "model": eval_model.state_dict(), "epoch": epoch + 1}
+            self._save({**best, "val_top1": result.top1}, "best.pt")
+        self._save(self._training_state(epoch + 1, 0, None), "last.pt")
+        self.last_saved = f"epoch {epoch + 1}, step 0"
+        try:
+            write_summary(self.history, self.run_dir / "summary.csv")
+        except OSError as error:
+            raise TrainingError(
+                f"could not write {self.run_dir / 'summary.csv'} ({error.strerror or error}); last.pt is complete: "
+                f"free space, then run: lightnets train --resume {self.run_dir}"
+            ) from None
+        return row, result, improved
 
-        eval_weights = eval_model.state_dict()
-        improved = result.top1 > best_top1
-        if improved:
-            best_top1, best_epoch = result.top1, epoch + 1
-        rng = {"cpu": torch.get_rng_state()}
-        if device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(device)
-        save_checkpoint(
-            {
-                **checkpoint_meta,
-                "model": eval_weights,
-                "train_model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None,
-                "rng": rng,
-                "epoch": epoch + 1,
-                "history": history,
-                "best_top1": best_top1,
-                "best_epoch": best_epoch,
-            },
-            run_dir / "last.pt",
-        )
-        if improved:
-            save_checkpoint(
-                {**checkpoint_meta, "model": eval_weights, "epoch": epoch + 1, "val_top1": result.top1},
-                run_dir / "best.pt",
-            )
-            write_plots(run_dir, history, result, bundle)
+    def _step(
+        self, step: int, images: torch.Tensor, labels: torch.Tensor, sums: _EpochSums, nonfinite: torch.Tensor
+    ) -> None:
+        """One optimisation step; the schedule advances even when the update is skipped (it follows position)."""
+        config, model = self.config, self.model
+        update = labels.numel() > 0  # a batch is empty when all its images failed to decode
+        if update:
+            if config.nan_policy == "skip":
+                buffers = [b.detach().clone() for b in model.buffers()]  # BN statistics a bad step would poison
+            with autocast_context(self.device, self.use_amp, self.amp_dtype):
+                logits = self.step_fn(self.preprocess(images))
+                loss = self.criterion(logits.float(), labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            finite = torch.isfinite(loss.detach())
+            if config.nan_policy == "skip":
+                # Whether to update must be known before updating, so this policy reads the flag every step
+                # (GradScaler makes the same host sync). Masking the update on the device instead would need a
+                # copy of every weight and momentum buffer per step.
+                if not bool(finite):
+                    update = False
+                    self.skipped_steps += 1
+                    with torch.no_grad():
+                        for buffer, saved in zip(model.buffers(), buffers):
+                            buffer.copy_(saved)
+                    self.say(f"skipped the update of step {step + 1}: non-finite loss")
+            else:
+                nonfinite[step] = ~finite
+        if update:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.ema is not None:
+                self.ema.update(model)
+            sums.loss_sum += loss.detach() * labels.numel()
+            sums.correct += (logits.detach().argmax(1) == labels).sum()
+            sums.seen += labels.numel()
+        if self.scheduler._step_count == 1:
+            with warnings.catch_warnings():
+                # PyTorch warns when the very first scheduler step has no optimizer.step() before it, which
+                # is what a skipped first update is.
+                warnings.simplefilter("ignore", UserWarning)
+                self.scheduler.step()
         else:
-            _plots().plot_curves(history, run_dir / "curves.png", val_name=bundle.val_name)
-    board.close()
+            self.scheduler.step()
 
-    selected_on_test = bundle.val_name == "test"
-    summary = {
-        "model": config.model,
-        "data": config.data,
-        "epochs": config.epochs,
-        "best_epoch": best_epoch,
-        "best_top1": best_top1,
-        "best_selected_on": bundle.val_name,
-        "final": history[-1] if history else None,
-    }
-    if selected_on_test:
-        summary["warning"] = (
-            "best.pt was chosen on the test set, so its test accuracy is optimistically biased; "
-            "use --val-split to select on a held-out part of the training set"
+    def _finish(self) -> TrainResult:
+        config, bundle, bad_images = self.config, self.bundle, self.bad_images
+        selected_on_test = bundle.val_name == "test"
+        summary = {
+            "model": config.model,
+            "data": config.data,
+            "epochs": config.epochs,
+            "best_epoch": self.best_epoch,
+            "best_top1": self.best_top1,
+            "best_selected_on": bundle.val_name,
+            "final": self.history[-1] if self.history else None,
+            "skipped_images": len(bad_images),
+            "skipped_image_files": sorted(bad_images.paths)[:100],
+            "ignored_files": len(bundle.ignored_files),
+            "skipped_steps": self.skipped_steps,
+        }
+        if selected_on_test:
+            summary["warning"] = (
+                "best.pt was chosen on the test set, so its test accuracy is optimistically biased; "
+                "use --val-split to select on a held-out part of the training set"
+            )
+        write_json(summary, self.run_dir / "results.json")
+        notes = []
+        if len(bad_images):
+            notes.append(f"{len(bad_images)} unreadable image(s) skipped")
+        if bundle.ignored_files:
+            notes.append(f"{len(bundle.ignored_files)} non-image file(s) ignored")
+        if self.skipped_steps:
+            notes.append(f"{self.skipped_steps} step(s) with a non-finite loss skipped")
+        flagged = "; flagged: model selection on the test set" if selected_on_test else ""
+        self.say(
+            f"best {bundle.val_name} top-1 {self.best_top1:.2f}% at epoch {self.best_epoch} (best.pt chosen on the "
+            f"{bundle.val_name} split{flagged})" + (f"; {', '.join(notes)}" if notes else "")
         )
-    write_json(summary, run_dir / "results.json")
-    say(
-        f"best {bundle.val_name} top-1 {best_top1:.2f}% at epoch {best_epoch} (best.pt chosen on the "
-        f"{bundle.val_name} split{'; flagged: model selection on the test set' if selected_on_test else ''})"
-    )
-    return TrainResult(run_dir, history, best_top1, best_epoch, ema.module if ema is not None else model)
+        return TrainResult(
+            self.run_dir,
+            self.history,
+            self.best_top1,
+            self.best_epoch,
+            self.ema.module if self.ema is not None else self.model,
+            skipped_images=len(bad_images),
+            skipped_steps=self.skipped_steps,
+        )
 
 
 def write_plots(run_dir: Path, history: list[dict[str, Any]], result: EvalResult, bundle: DataBundle) -> None:
