@@ -779,6 +779,11 @@ def _open_resume(run_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
     return state
 
 
+def _position(epoch: int, step: int) -> str:
+    """A checkpoint position (completed epochs, steps into the next) as a person counts it."""
+    return f"from the end of epoch {epoch}" if step == 0 else f"from epoch {epoch + 1} step {step}"
+
+
 def _all_finite(tensors: Any) -> bool:
     return bool(torch.stack([torch.isfinite(t).all() for t in tensors if t.is_floating_point()]).all())
 
@@ -948,7 +953,7 @@ class _Trainer:
         self.running = state.get("running")
         self.bad_images.paths = dict(state.get("skipped_images", {}))
         self.skipped_steps = state.get("skipped_steps", 0)
-        self.last_saved = f"epoch {self.start_epoch}, step {self.start_step}"
+        self.last_saved = _position(self.start_epoch, self.start_step)
         threads = state.get("threads")
         if self.config.deterministic and threads and threads != torch.get_num_threads():
             # Reductions split their work by thread: the same count is part of bitwise reproducibility.
@@ -1104,7 +1109,7 @@ class _Trainer:
                 if due or self.stop.signum is not None:
                     self._check_finite(epoch, nonfinite, done, weights=True)
                     self._save(self._training_state(epoch, done, sums.state(self.bad_images.events)), "last.pt")
-                    self.last_saved = f"epoch {epoch}, step {done}"
+                    self.last_saved = _position(epoch, done)
                 if self.stop.signum is not None:
                     raise self._interrupted(f"after epoch {epoch + 1} step {done} of {steps}")
         finally:
@@ -1151,7 +1156,7 @@ class _Trainer:
             best = {**self.checkpoint_meta, "model": eval_model.state_dict(), "epoch": epoch + 1}
             self._save({**best, "val_top1": result.top1}, "best.pt")
         self._save(self._training_state(epoch + 1, 0, None), "last.pt")
-        self.last_saved = f"epoch {epoch + 1}, step 0"
+        self.last_saved = _position(epoch + 1, 0)
         try:
             write_summary(self.history, self.run_dir / "summary.csv")
         except OSError as error:
