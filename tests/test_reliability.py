@@ -412,6 +412,7 @@ def good_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's own note about the plain pickle
 @pytest.mark.parametrize("case", ["truncated", "random-bytes", "empty", "plain-pickle"])
 def test_unreadable_checkpoints_are_one_line_errors(tmp_path, capsys, good_checkpoint, case) -> None:
     path = tmp_path / f"{case}.pt"
