@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import importlib
 import importlib.util
 import io
@@ -53,8 +54,8 @@ from typing import Any
 import torch
 import yaml
 from torch import nn
-from torch.utils import benchmark
 
+from lightnets.benchmarking import interleaved_latencies
 from lightnets.complexity import count_macs, count_params
 from lightnets.models import create_model, reparameterize_model
 
@@ -182,36 +183,6 @@ FAMILIES = (
 
 
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "process": time.process_time}
-
-
-def time_model(model: nn.Module, x: torch.Tensor, threads: int, min_run_time: float, clock: str) -> float:
-    """Median seconds per call over the blocks of one ``blocked_autorange``."""
-    timer = benchmark.Timer(stmt="model(x)", globals={"model": model, "x": x}, num_threads=threads, timer=CLOCKS[clock])
-    with torch.inference_mode():
-        return timer.blocked_autorange(min_run_time=min_run_time).median
-
-
-def interleaved_medians(
-    models: dict[str, nn.Module],
-    x: torch.Tensor,
-    threads: int,
-    min_run_time: float,
-    rounds: int,
-    warmup: int,
-    clock: str,
-) -> dict[str, list[float]]:
-    """Per implementation, one median per round; the order of implementations rotates every round."""
-    with torch.inference_mode():
-        for model in models.values():
-            for _ in range(warmup):
-                model(x)
-    names = list(models)
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for index in range(rounds):
-        shift = index % len(names)
-        for name in names[shift:] + names[:shift]:
-            samples[name].append(time_model(models[name], x, threads, min_run_time, clock))
-    return samples
 
 
 class ForeignLoad:
@@ -383,8 +354,9 @@ def main() -> None:
                 print(f"  WARNING: output shapes differ at batch {batch}: {shapes}")
             load = ForeignLoad()
             load.start()
-            samples = interleaved_medians(
-                models, x, args.threads, args.min_run_time, args.rounds, args.warmup, args.clock
+            calls = {name: functools.partial(model, x) for name, model in models.items()}
+            samples = interleaved_latencies(
+                calls, args.threads, args.rounds, args.min_run_time, args.warmup, CLOCKS[args.clock]
             )
             foreign = load.stop()
             ms = {name: 1e3 * statistics.median(values) for name, values in samples.items()}

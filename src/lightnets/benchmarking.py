@@ -133,10 +133,17 @@ def _release_freed_memory() -> None:
 MIN_BLOCKS = 5  # an IQR needs several blocks, even when one call outlasts min_run_time
 
 
-def _time(fn: Callable[[], Any], threads: int, min_run_time: float, warmup: int, label: str):
+def _time(
+    fn: Callable[[], Any],
+    threads: int,
+    min_run_time: float,
+    warmup: int,
+    label: str,
+    clock: Callable[[], float] = time.perf_counter,
+):
     for _ in range(warmup):
         fn()
-    timer = torch_benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads, label=label)
+    timer = torch_benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads, label=label, timer=clock)
     measurement = timer.blocked_autorange(min_run_time=min_run_time)
     while len(measurement.times) < MIN_BLOCKS:
         measurement = torch_benchmark.Measurement.merge([measurement, timer.timeit(number=1)])[0]
@@ -276,17 +283,25 @@ def interleaved_latencies(
     rounds: int = 3,
     min_run_time: float = 1.0,
     warmup: int = 3,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, list[float]]:
     """Median seconds per call of each entry of ``calls``, once per round, the entries taking turns.
 
     For head-to-head figures (A against B, same process): a slow drift of a shared machine hits every entry
-    alike, so the ratio of the medians over rounds holds even when the absolute figures move.
+    alike, so the ratio of the medians over rounds holds even when the absolute figures move. Each entry is
+    warmed up once, and the order rotates every round so none always runs first. ``clock`` may be
+    ``time.process_time`` for CPU time, which other processes on a busy machine disturb less.
     """
-    medians: dict[str, list[float]] = {label: [] for label in calls}
+    labels = list(calls)
+    medians: dict[str, list[float]] = {label: [] for label in labels}
     with torch.inference_mode():
-        for _ in range(rounds):
-            for label, call in calls.items():
-                medians[label].append(_time(call, threads, min_run_time, warmup, label).median)
+        for call in calls.values():
+            for _ in range(warmup):
+                call()
+        for index in range(rounds):
+            shift = index % len(labels)
+            for label in labels[shift:] + labels[:shift]:
+                medians[label].append(_time(calls[label], threads, min_run_time, 0, label, clock).median)
     return medians
 
 

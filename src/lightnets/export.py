@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightnets.checkpoint import weights_fit_report
+
 __all__ = [
     "export_onnx",
     "export_safetensors",
@@ -403,28 +405,8 @@ def _check_names(path: Path, *names: tuple[str, str | None]) -> None:
             )
 
 
-def _fit_report(model: nn.Module, tensors: dict[str, torch.Tensor]) -> str:
-    """Why ``tensors`` do not fit ``model``, in one line; empty if they do."""
-    own = model.state_dict()
-    missing = [key for key in own if key not in tensors]
-    unexpected = [key for key in tensors if key not in own]
-    mismatched = [
-        f"{key} {tuple(tensors[key].shape)} vs {tuple(own[key].shape)}"
-        for key in own
-        if key in tensors and tensors[key].shape != own[key].shape
-    ]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-    if mismatched:
-        parts.append(f"{len(mismatched)} with other shapes (e.g. file vs model: {'; '.join(mismatched[:2])})")
-    return ", ".join(parts)
-
-
 def _load_strict(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path, hint: str = "") -> None:
-    problem = _fit_report(model, tensors)
+    problem = weights_fit_report(model, tensors)
     if problem:
         raise ValueError(f"weights in {path} do not fit model {_model_label(model)}: {problem}{hint}")
     model.load_state_dict(tensors, strict=True)
@@ -492,7 +474,7 @@ def load_weights_into(model: nn.Module, path: str | Path) -> nn.Module:
             ("its metadata", metadata.get("model_name")),
         )
         deploy = bool(sidecar.get("deploy", metadata.get("deploy") == "true"))
-        if deploy and _fit_report(model, tensors):
+        if deploy and weights_fit_report(model, tensors):
             # The file is the deploy form and the model is not (yet): fold it first, then the keys agree.
             model = reparameterize_model(model)
         _load_strict(model, tensors, path)

@@ -297,30 +297,23 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def find_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursively, links followed), hidden files and folders skipped, sorted."""
+def _visible_files(folder: Path) -> list[Path]:
+    """Every file under ``folder`` (recursively, links followed), hidden files and folders skipped, sorted."""
     found = []
     for directory, subdirs, files in os.walk(folder, followlinks=True):
         subdirs[:] = sorted(d for d in subdirs if not _is_hidden(d))
-        found.extend(
-            Path(directory) / name
-            for name in files
-            if not _is_hidden(name) and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-        )
+        found.extend(Path(directory) / name for name in files if not _is_hidden(name))
     return sorted(found)
+
+
+def find_images(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursively, links followed), hidden files and folders skipped, sorted."""
+    return [path for path in _visible_files(folder) if path.suffix.lower() in IMAGE_EXTENSIONS]
 
 
 def non_image_files(folder: Path) -> list[Path]:
     """Files under ``folder`` that :func:`find_images` passes over for their extension (hidden ones excepted)."""
-    found = []
-    for directory, subdirs, files in os.walk(folder, followlinks=True):
-        subdirs[:] = sorted(d for d in subdirs if not _is_hidden(d))
-        found.extend(
-            Path(directory) / name
-            for name in files
-            if not _is_hidden(name) and os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS
-        )
-    return sorted(found)
+    return [path for path in _visible_files(folder) if path.suffix.lower() not in IMAGE_EXTENSIONS]
 
 
 def _class_dirs(root: Path) -> list[str]:
