@@ -7,6 +7,7 @@ and writes a run directory; ``eval`` and ``predict`` use a checkpoint and nothin
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -114,9 +115,29 @@ def _train_config_from_args(args: argparse.Namespace):
     return TrainConfig.from_dict(values)
 
 
+def _without_nproc(argv: Sequence[str]) -> list[str]:
+    kept, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--nproc":
+            skip = True
+        elif not item.startswith("--nproc="):
+            kept.append(item)
+    return kept
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from lightnets.training import TrainConfig, load_run_config, train
 
+    if args.nproc is not None:
+        _require(args.nproc, "--nproc", 1)
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+            raise ValueError("--nproc starts torchrun itself; drop it when launching with torchrun")
+        if args.nproc > 1:
+            from lightnets.distributed import launch_torchrun
+
+            launch_torchrun(args.nproc, _without_nproc(args.argv))
     if args.resume:
         # A resumed run must be the run that was started; a flag that changed it would break exact resume.
         given = [n for n in TrainConfig.__dataclass_fields__ if n != "quiet" and getattr(args, n, None) is not None]
@@ -217,6 +238,19 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="an unreadable or non-image file in a folder dataset is an error (default: skipped and counted)",
+    )
+    add(
+        "--sync-bn",
+        dest="sync_bn",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="under torchrun on CUDA: BN statistics over the global batch (SyncBatchNorm)",
+    )
+    add(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train with N processes on this machine: runs `torchrun --standalone --nproc-per-node N` for you",
     )
     add("--model-arg", dest="model_arg", action="append", metavar="KEY=VALUE", help="builder kwarg, repeatable")
     train.set_defaults(func=cmd_train, model_kwargs=None)
@@ -466,10 +500,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = _apply_config_file(parser, argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    # Under torchrun every rank reports its own errors; say whose each one is.
+    where = f" (rank {os.environ.get('RANK', '?')})" if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else ""
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as error:
-        print(f"lightnets {args.command}: error: {error}", file=sys.stderr)
+        print(f"lightnets {args.command}{where}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:
         exit_code = getattr(interrupt, "exit_code", None)
@@ -481,7 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         exit_code = getattr(error, "exit_code", None)
         if exit_code is None:  # not a TrainingError: a bug, whose traceback is wanted
             raise
-        print(f"lightnets {args.command}: error: {error}", file=sys.stderr)
+        print(f"lightnets {args.command}{where}: error: {error}", file=sys.stderr)
         return exit_code
 
 

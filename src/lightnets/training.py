@@ -56,6 +56,14 @@ from lightnets.data import (
     parse_data_spec,
     random_crop_flip,
 )
+from lightnets.distributed import (
+    ControlChannel,
+    DistContext,
+    all_reduce_sum,
+    broadcast_object,
+    init_distributed,
+    shutdown_distributed,
+)
 from lightnets.models import create_model
 
 __all__ = [
@@ -106,6 +114,7 @@ class TrainConfig:
     deterministic: bool = False  # bitwise-reproducible on CPU, however often the run is killed and resumed
     nan_policy: str = "stop"  # on a NaN/inf loss: "stop" the run, or "skip" that step's update
     strict: bool = False  # an unreadable or non-image file in a folder dataset is an error, not a warning
+    sync_bn: bool = False  # under torchrun on CUDA: BN statistics over the global batch, not each rank's share
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -159,7 +168,7 @@ _RULES: list[tuple[str, Any, str]] = [
     ("device", lambda v: isinstance(v, str), "auto, cpu, cuda or cuda:N"),
     ("model_kwargs", lambda v: isinstance(v, dict), "a mapping of builder keyword arguments"),
 ]
-_BOOLEANS = ("nesterov", "channels_last", "compile", "ema", "quiet", "deterministic", "strict")
+_BOOLEANS = ("nesterov", "channels_last", "compile", "ema", "quiet", "deterministic", "strict", "sync_bn")
 
 
 def validate_config(config: TrainConfig) -> None:
@@ -274,6 +283,12 @@ def _usable(count: int, batch_size: int) -> int:
     return count - count % batch_size if count > batch_size else count
 
 
+def _shard_bounds(count: int, shard: tuple[int, int]) -> tuple[int, int]:
+    """Rank ``shard[0]`` of ``shard[1]``'s contiguous share of ``count`` items (sizes differ by at most one)."""
+    rank, world = shard
+    return count * rank // world, count * (rank + 1) // world
+
+
 def tensor_batches(
     split: TensorSplit,
     batch_size: int,
@@ -283,33 +298,51 @@ def tensor_batches(
     epoch: int = 0,
     start_step: int = 0,
     num_steps: int | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches ``start_step``..``num_steps`` of an in-memory split on the device; no per-image Python."""
+    """Batches ``start_step``..``num_steps`` of an in-memory split on the device; no per-image Python.
+
+    With ``shard=(rank, world_size)`` a training batch is this rank's slice of the global batch of
+    ``batch_size``: every rank draws the same per-epoch permutation and the same crops and flips, so the
+    ranks' slices together are exactly the batch one process would train on. An evaluation shard is the
+    rank's contiguous share of the split, in batches of ``batch_size``.
+    """
     device = split.images.device
     count = len(split)
     if train:
         order = torch.randperm(count, device=device, generator=epoch_generator(seed, epoch, device))
         count = _usable(count, batch_size)
     else:
-        order = torch.arange(count, device=device)
+        low, high = _shard_bounds(count, shard)
+        order, count = torch.arange(low, high, device=device), high - low
     starts = range(0, count, batch_size)
     for step in range(start_step, len(starts) if num_steps is None else min(num_steps, len(starts))):
         index = order[starts[step] : starts[step] + batch_size]
-        images = split.images[index]
+        images, labels = split.images[index], split.labels[index]
         if train:
+            # Augmenting the whole global batch costs one gather of uint8 pixels; drawing only this rank's share
+            # of the random numbers would give crops that depend on the process count.
             images = random_crop_flip(images, padding=4, generator=step_generator(seed, epoch, step, device))
-        yield images, split.labels[index]
+            if shard[1] > 1:
+                low, high = _shard_bounds(len(index), shard)
+                images, labels = images[low:high], labels[low:high]
+        yield images, labels
 
 
-def _batch_indices(count: int, batch_size: int, *, train: bool, seed: int, epoch: int) -> list[list[int]]:
+def _batch_indices(
+    count: int, batch_size: int, *, train: bool, seed: int, epoch: int, shard: tuple[int, int] = (0, 1)
+) -> list[list[int]]:
+    """Sample indices per step: for training this rank's slice of each global batch (the sharding of a
+    DistributedSampler, in the order one process would see), for evaluation batches of its contiguous share."""
     if train:
         # The order RandomSampler gave with a generator seeded this way, so runs before resumable batching
         # saw the same epochs.
         order = torch.randperm(count, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
         count = _usable(count, batch_size)
-    else:
-        order = list(range(count))
-    return [order[start : start + batch_size] for start in range(0, count, batch_size)]
+        global_batches = [order[start : start + batch_size] for start in range(0, count, batch_size)]
+        return [batch[slice(*_shard_bounds(len(batch), shard))] for batch in global_batches]
+    low, high = _shard_bounds(count, shard)
+    return [list(range(start, min(start + batch_size, high))) for start in range(low, high, batch_size)]
 
 
 def _ignore_sigint(worker_id: int) -> None:
@@ -330,14 +363,17 @@ def loader_batches(
     start_step: int = 0,
     num_steps: int | None = None,
     bad_images: BadImageLog | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches ``start_step``..``num_steps`` of a decoded-on-access dataset, through a DataLoader.
+
+    Under torchrun (``shard=(rank, world_size)``) each rank decodes only its slice of every global batch.
 
     An :class:`ImageFolderSplit` is read through :class:`SeededSamples`, so each image's augmentation depends
     only on (seed, epoch, index), and its unreadable files are reported to ``bad_images`` (a fresh log that
     warns once per file when not given).
     """
-    index_batches = _batch_indices(len(dataset), batch_size, train=train, seed=seed, epoch=epoch)
+    index_batches = _batch_indices(len(dataset), batch_size, train=train, seed=seed, epoch=epoch, shard=shard)
     index_batches = index_batches[start_step:num_steps]
     if not index_batches:
         return
@@ -373,11 +409,21 @@ def batches(
     start_step: int = 0,
     num_steps: int | None = None,
     bad_images: BadImageLog | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Training batches are global batches of ``batch_size`` (sliced to this rank's share); evaluation batches
+    are ``batch_size`` images of the rank's share of the split."""
     batch_size = batch_size or config.batch_size
     if isinstance(split, TensorSplit):
         return tensor_batches(
-            split, batch_size, train=train, seed=config.seed, epoch=epoch, start_step=start_step, num_steps=num_steps
+            split,
+            batch_size,
+            train=train,
+            seed=config.seed,
+            epoch=epoch,
+            start_step=start_step,
+            num_steps=num_steps,
+            shard=shard,
         )
     return loader_batches(
         split,
@@ -390,6 +436,7 @@ def batches(
         start_step=start_step,
         num_steps=num_steps,
         bad_images=bad_images,
+        shard=shard,
     )
 
 
@@ -496,8 +543,13 @@ def evaluate(
     amp_dtype: torch.dtype = torch.bfloat16,
     label_smoothing: float = 0.0,
     keep: int = 32,
+    context: DistContext | None = None,
 ) -> EvalResult:
-    """Loss, top-1/top-5 and confusion over all batches; one host sync at the end."""
+    """Loss, top-1/top-5 and confusion over all batches; one host sync at the end.
+
+    Under torchrun each rank evaluates its share and the sums are all-reduced, so every rank returns the
+    figures of the whole split; the sample images are this rank's first ones.
+    """
     model.eval()
     device = preprocess.mean.device
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -525,11 +577,19 @@ def evaluate(
             samples.append(
                 (images[:keep].cpu(), labels[:keep].cpu(), predictions[:keep].cpu(), probabilities[:keep].cpu())
             )
+    if context is not None and context.enabled:
+        totals = torch.stack([loss_sum, correct1.double(), correct5.double(), loss_sum.new_tensor(count)])
+        all_reduce_sum(totals, context)
+        all_reduce_sum(confusion, context)
+        loss_sum, correct1, correct5, count = totals[0], totals[1], totals[2], int(totals[3].item())
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     if count == 0:
         raise ValueError("evaluation saw no images: the evaluation split is empty")
+    if not samples:  # a rank whose share of a tiny split is empty
+        no_labels = torch.zeros(0, dtype=torch.int64)
+        samples = [(torch.zeros(0, 3, 1, 1, dtype=torch.uint8), no_labels, no_labels, torch.zeros(0))]
     sample_images, sample_labels, sample_predictions, sample_probabilities = (
         torch.cat([s[i] for s in samples])[:keep] for i in range(4)
     )
@@ -708,8 +768,11 @@ class _Determinism:
         torch.set_num_threads(threads)
 
 
-def resolve_config(config: TrainConfig, device: torch.device, bundle: DataBundle) -> dict[str, Any]:
+def resolve_config(
+    config: TrainConfig, device: torch.device, bundle: DataBundle, context: DistContext | None = None
+) -> dict[str, Any]:
     """Everything that was decided, for args.yaml."""
+    world_size = context.world_size if context is not None else 1
     resolved = asdict(config)
     resolved.update(
         device=str(device),
@@ -717,7 +780,8 @@ def resolve_config(config: TrainConfig, device: torch.device, bundle: DataBundle
         amp=bool(config.amp if config.amp is not None else device.type == "cuda"),
         input_size=bundle.input_size,
         global_batch_size=config.batch_size,
-        world_size=1,
+        world_size=world_size,
+        per_process_batch_size=config.batch_size // world_size,
     )
     return resolved
 
@@ -764,9 +828,12 @@ def check_output_dir(run_dir: Path, need_bytes: int) -> None:
         )
 
 
-def _open_resume(run_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
-    """last.pt of the run to continue (None when it was killed before its first checkpoint), checked."""
-    for stale in remove_stale_temporaries(run_dir):
+def _open_resume(run_dir: Path, config: TrainConfig, clean: bool = True) -> dict[str, Any] | None:
+    """last.pt of the run to continue (None when it was killed before its first checkpoint), checked.
+
+    ``clean``: remove temporaries a killed checkpoint write left (rank 0 only, under torchrun).
+    """
+    for stale in remove_stale_temporaries(run_dir) if clean else ():
         print(f"removed {stale}, left by a checkpoint write that was killed", file=sys.stderr)
     last = run_dir / "last.pt"
     if not last.exists():
@@ -794,14 +861,49 @@ def train(config: TrainConfig, resume: str | Path | None = None) -> TrainResult:
     Every setting is checked, and the output directory probed, before any data is read. SIGINT and SIGTERM
     finish the step in flight, write last.pt and raise :class:`TrainingInterrupted`; a NaN or infinite loss
     raises :class:`NonFiniteLossError` (``nan_policy="stop"``) or skips that step's update (``"skip"``).
+
+    Under torchrun (``WORLD_SIZE`` > 1 in the environment) this process joins the job's process group, trains
+    its share of every global batch with DistributedDataParallel, and only rank 0 writes.
     """
     validate_config(config)
+    device = resolve_device(config.device)
+    context, device = init_distributed(device)
+    try:
+        result = _train(config, resume, device, context)
+    except TrainingInterrupted:
+        shutdown_distributed(context)
+        raise
+    # Other failures leave the group as it is: a peer may be gone, and torchrun ends the job anyway.
+    shutdown_distributed(context)
+    return result
+
+
+def _check_distributed(config: TrainConfig, device: torch.device, context: DistContext) -> None:
+    world = context.world_size
+    if config.batch_size % world:
+        multiple = max(world, round(config.batch_size / world) * world)
+        raise ValueError(
+            f"--batch-size {config.batch_size} is the global batch and must split evenly over {world} processes: "
+            f"use a multiple of {world}, e.g. {multiple}"
+        )
+    if config.sync_bn and device.type != "cuda":
+        raise ValueError(
+            "--sync-bn needs CUDA: PyTorch's SyncBatchNorm has no CPU kernel; drop it on CPU, where each process "
+            "normalises over its own share of the batch"
+        )
+
+
+def _train(config: TrainConfig, resume: str | Path | None, device: torch.device, context: DistContext) -> TrainResult:
+    _check_distributed(config, device, context)
     run_dir = Path(resume) if resume else Path(config.out) if config.out else default_run_dir(config)
     if not resume and (run_dir / "last.pt").exists():
         raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --out")
     if resume and not (run_dir / "args.yaml").is_file():
         raise ValueError(f"cannot resume {run_dir}: it has no args.yaml (is it a lightnets run directory?)")
-    resume_state = _open_resume(run_dir, config) if resume else None
+    if context.enabled and config.out is None and not resume:
+        # Each rank would stamp its own time into the default name.
+        run_dir = Path(str(broadcast_object(str(run_dir), context)))
+    resume_state = _open_resume(run_dir, config, clean=context.is_main) if resume else None
     meta_model = _meta_model(config)
     # CIFAR keeps its native 32 px unless asked; folder images are cropped to the model's own size.
     input_size = config.input_size
@@ -809,12 +911,12 @@ def train(config: TrainConfig, resume: str | Path | None = None) -> TrainResult:
         is_cifar = parse_data_spec(config.data).kind != "folder"
         input_size = 32 if is_cifar else int(getattr(meta_model, "default_input_size", 224))
     check_input_size(meta_model, config.model, input_size, lambda: create_model(config.model, **config.model_kwargs))
-    created = not run_dir.exists()
+    created = context.is_main and not run_dir.exists()
     try:
-        check_output_dir(run_dir, _checkpoint_bytes(meta_model, config.ema))
-        device = resolve_device(config.device)
+        if context.is_main:
+            check_output_dir(run_dir, _checkpoint_bytes(meta_model, config.ema))
         with _Determinism(config.deterministic, device):
-            trainer = _Trainer(config, device, run_dir, input_size, resume, resume_state)
+            trainer = _Trainer(config, device, run_dir, input_size, resume, resume_state, context)
             # Only around the loop: during set-up there is nothing to save, and Ctrl-C should act at once.
             with _StopSignals() as trainer.stop:
                 return trainer.run()
@@ -855,10 +957,15 @@ class _Trainer:
         input_size: int,
         resume: str | Path | None,
         resume_state: dict[str, Any] | None,
+        context: DistContext,
     ) -> None:
-        self.config, self.device, self.run_dir = config, device, run_dir
+        self.config, self.device, self.run_dir, self.context = config, device, run_dir, context
+        self.is_main, self.world_size = context.is_main, context.world_size
+        self.shard = (context.rank, context.world_size)
+        self.quiet = config.quiet or not self.is_main  # one rank reports for the job
         self.stop = _StopSignals()  # replaced by the installed one in train()
-        self.say = (lambda *a: None) if config.quiet else (lambda *a: print(*a, flush=True))
+        self.control = ControlChannel(context)
+        self.say = (lambda *a: None) if self.quiet else (lambda *a: print(*a, flush=True))
         torch.manual_seed(config.seed)
         bundle = load_dataset(
             config.data,
@@ -871,14 +978,16 @@ class _Trainer:
         if resume_state is not None:
             check_checkpoint(resume_state, classes=list(bundle.classes), what=f"--data {config.data}")
         self.bundle = bundle
-        self.settings = settings = resolve_config(config, device, bundle)
+        self.settings = settings = resolve_config(config, device, bundle, context)
 
         self.num_classes = len(bundle.classes)
         model_kwargs = {**config.model_kwargs, "num_classes": self.num_classes}
         model = create_model(config.model, **model_kwargs).to(device)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.model = model
+        if context.enabled and config.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model  # unwrapped: checkpoints, EMA and evaluation use it, so they load in one process
         self.train_split, self.val_split = bundle.train, bundle.val
         if isinstance(bundle.train, TensorSplit):
             self.train_split = TensorSplit(bundle.train.images.to(device), bundle.train.labels.to(device))
@@ -900,12 +1009,16 @@ class _Trainer:
         total_steps = steps * config.epochs
         warmup_steps = min(total_steps, round(config.warmup_epochs * steps))
         min_ratio = config.min_lr / settings["lr"] if settings["lr"] else 0.0
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, warmup_cosine(total_steps, warmup_steps, min_ratio)
-        )
+        self.lr_factor = warmup_cosine(total_steps, warmup_steps, min_ratio)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         self.ema = ModelEma(model, config.ema_decay) if config.ema else None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-        self.step_fn = torch.compile(model) if config.compile else model
+        trained: nn.Module = model
+        if context.enabled:
+            # Averages gradients over the ranks in backward, and starts every rank from rank 0's weights.
+            trained = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        self.step_fn = torch.compile(trained) if config.compile else trained
+        self.step_losses: dict[int, torch.Tensor] = {}  # epoch -> the loss of each step (all ranks), for steps.csv
 
         self.history: list[dict[str, Any]] = []
         self.best_top1, self.best_epoch, self.start_epoch, self.start_step = -1.0, 0, 0, 0
@@ -918,7 +1031,8 @@ class _Trainer:
         else:
             if resume:
                 self.say(f"{run_dir} has no checkpoint yet: starting it from the beginning")
-            _write_text(yaml.safe_dump(settings, sort_keys=False), run_dir / "args.yaml")
+            if self.is_main:
+                _write_text(yaml.safe_dump(settings, sort_keys=False), run_dir / "args.yaml")
         self.checkpoint_meta = {
             "model_name": config.model,
             "model_kwargs": model_kwargs,
@@ -953,6 +1067,7 @@ class _Trainer:
         self.running = state.get("running")
         self.bad_images.paths = dict(state.get("skipped_images", {}))
         self.skipped_steps = state.get("skipped_steps", 0)
+        self.step_losses = dict(state.get("step_losses") or {})
         self.last_saved = _position(self.start_epoch, self.start_step)
         threads = state.get("threads")
         if self.config.deterministic and threads and threads != torch.get_num_threads():
@@ -964,6 +1079,8 @@ class _Trainer:
     # ---- checkpoints
 
     def _save(self, state: dict[str, Any], name: str) -> None:
+        if not self.is_main:
+            return
         try:
             save_checkpoint(state, self.run_dir / name)
         except OSError as error:
@@ -978,6 +1095,7 @@ class _Trainer:
         rng = {"cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        skipped_images = self._skipped_image_paths()  # on every rank: it gathers
         return {
             **self.checkpoint_meta,
             "model": eval_model.state_dict(),
@@ -993,20 +1111,31 @@ class _Trainer:
             "history": self.history,
             "best_top1": self.best_top1,
             "best_epoch": self.best_epoch,
-            "skipped_images": dict(self.bad_images.paths),
+            "skipped_images": skipped_images,
             "skipped_steps": self.skipped_steps,
             "threads": torch.get_num_threads(),
+            "step_losses": self.step_losses,
         }
 
-    def _interrupted(self, where: str) -> TrainingInterrupted:
-        assert self.stop.signum is not None
-        name = signal.Signals(self.stop.signum).name
+    def _skipped_image_paths(self) -> dict[str, Any]:
+        """The unreadable files every rank has met (each reads only its share of the images)."""
+        merged: dict[str, Any] = {}
+        for paths in self.control.gather(dict(self.bad_images.paths)):
+            merged.update(paths)  # type: ignore[arg-type]
+        return merged
+
+    def _interrupted(self, where: str, signum: int) -> TrainingInterrupted:
+        name = signal.Signals(signum).name
+        processes = (
+            f" --nproc {self.world_size} (or your torchrun command with --resume)" if self.context.enabled else ""
+        )
         message = (
             f"{name} received: stopped {where} and saved {self.run_dir / 'last.pt'}; "
-            f"continue with: lightnets train --resume {self.run_dir}"
+            f"continue with: lightnets train --resume {self.run_dir}{processes}"
         )
-        print(message, file=sys.stderr, flush=True)
-        return TrainingInterrupted(self.stop.signum, message)
+        if self.is_main:
+            print(message, file=sys.stderr, flush=True)
+        return TrainingInterrupted(signum, message)
 
     def _check_finite(self, epoch: int, nonfinite: torch.Tensor, upto: int, weights: bool = False) -> None:
         """Under --nan-policy stop, raise if a step before ``upto`` had a non-finite loss (or, with ``weights``,
@@ -1031,29 +1160,38 @@ class _Trainer:
 
     def run(self) -> TrainResult:
         config, bundle = self.config, self.bundle
-        board = TensorBoard(self.run_dir)
+        board = TensorBoard(self.run_dir) if self.is_main else None
+        processes = f", {self.world_size} processes" if self.context.enabled else ""
         self.say(
             f"training {config.model} on {config.data} ({len(bundle.train)} train / {len(bundle.val)} "
-            f"{bundle.val_name}, {self.num_classes} classes) on {self.device}, {config.epochs} epochs x "
+            f"{bundle.val_name}, {self.num_classes} classes) on {self.device}{processes}, {config.epochs} epochs x "
             f"{self.steps} steps -> {self.run_dir}"
         )
         if bundle.ignored_files:
             self.say(f"ignored {len(bundle.ignored_files)} non-image file(s) in the class folders")
-        if self.stop.signum is not None:  # a signal before the first step: nothing new to save
-            raise self._interrupted("before the first step")
+        signum = self.control.settle(self.stop.signum)
+        if signum is not None:  # a signal before the first step: nothing new to save
+            raise self._interrupted("before the first step", signum)
         for epoch in range(self.start_epoch, config.epochs):
             row, result, improved = self._epoch(epoch)
-            board.log(row)
-            if improved:
-                write_plots(self.run_dir, self.history, result, bundle)
-            else:
-                _plots().plot_curves(self.history, self.run_dir / "curves.png", val_name=bundle.val_name)
-            if self.stop.signum is not None and epoch + 1 < config.epochs:
-                raise self._interrupted(f"at the end of epoch {epoch + 1}")
-        board.close()
-        if self.start_epoch >= config.epochs:  # killed after the last checkpoint: finish what it did not get to
-            write_summary(self.history, self.run_dir / "summary.csv")
+            if board is not None:
+                board.log(row)
+                if improved:
+                    write_plots(self.run_dir, self.history, result, bundle)
+                else:
+                    _plots().plot_curves(self.history, self.run_dir / "curves.png", val_name=bundle.val_name)
+            signum = self.control.settle(self.stop.signum)  # every epoch, on every rank: it is a collective
+            if signum is not None and epoch + 1 < config.epochs:
+                raise self._interrupted(f"at the end of epoch {epoch + 1}", signum)
+        if board is not None:
+            board.close()
+            if self.start_epoch >= config.epochs:  # killed after the last checkpoint: finish what it did not get to
+                write_summary(self.history, self.run_dir / "summary.csv")
+                write_step_losses(self.step_losses, self.steps, self._lr_at, self.run_dir / "steps.csv")
         return self._finish()
+
+    def _lr_at(self, global_step: int) -> float:
+        return self.settings["lr"] * self.lr_factor(global_step)
 
     def _epoch(self, epoch: int) -> tuple[dict[str, Any], EvalResult, bool]:
         config, device, model, steps = self.config, self.device, self.model, self.steps
@@ -1063,15 +1201,21 @@ class _Trainer:
             torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.int64), 0, time.perf_counter()
         )
         sums.skip_events_before = self.bad_images.events
+        # Each rank adds its share (its loss / world size): the all-reduced sum is the global batch's loss.
+        step_loss = torch.zeros(steps, device=device)
         if first_step and self.running is not None:
-            sums.loss_sum = self.running["loss_sum"].to(device)
-            sums.correct = self.running["correct"].to(device)
-            sums.seen = self.running["seen"]
             sums.start -= self.running["seconds"]
-            sums.skip_events_before -= self.running["skip_events"]
+            if self.is_main:  # the saved sums are the job's; the other ranks add to them from zero
+                sums.loss_sum = self.running["loss_sum"].to(device)
+                sums.correct = self.running["correct"].to(device)
+                sums.seen = self.running["seen"]
+                sums.skip_events_before -= self.running["skip_events"]
+                saved = self.running.get("step_losses")
+                if saved is not None:
+                    step_loss[: len(saved)] = saved.to(device)
         # One flag per step, set on the device: the NaN check costs no host sync until it is read.
         nonfinite = torch.zeros(steps, dtype=torch.bool, device=device)
-        progress = _progress(steps, f"epoch {epoch + 1}/{config.epochs}", config.quiet)
+        progress = _progress(steps, f"epoch {epoch + 1}/{config.epochs}", self.quiet)
         if progress is not None and first_step:
             progress.update(first_step)
         train_iter = batches(
@@ -1083,10 +1227,11 @@ class _Trainer:
             start_step=first_step,
             num_steps=steps,
             bad_images=self.bad_images,
+            shard=self.shard,
         )
         try:
             for step, (images, labels) in enumerate(train_iter, start=first_step):
-                self._step(step, images, labels, sums, nonfinite)
+                self._step(step, images, labels, sums, nonfinite, step_loss)
                 done = step + 1
                 # On CPU reading the flag costs nothing (nothing runs ahead of Python), so a NaN stops the run
                 # at once; on CUDA it is read only where the loop syncs anyway, and always before a checkpoint.
@@ -1094,24 +1239,28 @@ class _Trainer:
                 if device.type == "cpu" or log_point:
                     self._check_finite(epoch, nonfinite, done)
                 if progress is not None and log_point:
-                    # The only host sync in the loop, once every log_every steps.
+                    # The only host sync in the loop, once every log_every steps. Loss and accuracy are this
+                    # rank's share; the speed is the job's.
                     elapsed = time.perf_counter() - sums.start
                     progress.set_postfix(
                         loss=f"{sums.loss_sum.item() / max(sums.seen, 1):.3f}",
                         acc=f"{100 * sums.correct.item() / max(sums.seen, 1):.1f}",
-                        img_s=f"{sums.seen / max(elapsed, 1e-9):.0f}",
+                        img_s=f"{sums.seen * self.world_size / max(elapsed, 1e-9):.0f}",
                         refresh=False,  # the update below redraws once
                     )
                     progress.update(done - progress.n)
+                # Every rank must stop after the same step: a signal is acted on once all ranks know of it.
+                signum = self.control.poll(self.stop.signum)
                 every = config.checkpoint_every
                 # The epoch end writes last.pt anyway, after evaluating; a signal does not wait for that.
                 due = every and (epoch * steps + done) % every == 0 and done < steps
-                if due or self.stop.signum is not None:
+                if due or signum is not None:
                     self._check_finite(epoch, nonfinite, done, weights=True)
-                    self._save(self._training_state(epoch, done, sums.state(self.bad_images.events)), "last.pt")
+                    running = self._running(sums, step_loss, done)
+                    self._save(self._training_state(epoch, done, running), "last.pt")
                     self.last_saved = _position(epoch, done)
-                if self.stop.signum is not None:
-                    raise self._interrupted(f"after epoch {epoch + 1} step {done} of {steps}")
+                if signum is not None:
+                    raise self._interrupted(f"after epoch {epoch + 1} step {done} of {steps}", signum)
         finally:
             if progress is not None:
                 progress.close()
@@ -1119,28 +1268,44 @@ class _Trainer:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_seconds = time.perf_counter() - sums.start
+        loss_sum, correct, seen, _ = self._reduce_sums(sums)
+        self.step_losses[epoch + 1] = all_reduce_sum(step_loss, self.context).cpu()
 
         eval_model = self.ema.module if self.ema is not None else model
+        val_batches = batches(
+            self.val_split,
+            config,
+            device,
+            train=False,
+            epoch=epoch,
+            batch_size=config.batch_size // self.world_size,
+            bad_images=self.bad_images,
+            shard=self.shard,
+        )
         result = evaluate(
             eval_model,
-            batches(self.val_split, config, device, train=False, epoch=epoch, bad_images=self.bad_images),
+            val_batches,
             self.preprocess,
             self.num_classes,
             amp=self.use_amp,
             amp_dtype=self.amp_dtype,
             label_smoothing=config.label_smoothing,
+            context=self.context,
         )
+        # Train and evaluation skips of the epoch, all ranks.
+        skipped = torch.tensor(self.bad_images.events - sums.skip_events_before, device=device)
+        skip_events = int(all_reduce_sum(skipped, self.context).item())
         row = {
             "epoch": epoch + 1,
             "lr": self.optimizer.param_groups[0]["lr"],
-            "train_loss": sums.loss_sum.item() / max(sums.seen, 1),
-            "train_acc": 100.0 * sums.correct.item() / max(sums.seen, 1),
+            "train_loss": loss_sum / max(seen, 1),
+            "train_acc": 100.0 * correct / max(seen, 1),
             "val_loss": result.loss,
             "val_top1": result.top1,
             "val_top5": result.top5,
             "epoch_seconds": time.perf_counter() - sums.start,
-            "images_per_second": sums.seen / max(train_seconds, 1e-9),
-            "skipped_images": self.bad_images.events - sums.skip_events_before,
+            "images_per_second": seen / max(train_seconds, 1e-9),
+            "skipped_images": skip_events,
         }
         self.history.append(row)
         self.say(
@@ -1157,34 +1322,79 @@ class _Trainer:
             self._save({**best, "val_top1": result.top1}, "best.pt")
         self._save(self._training_state(epoch + 1, 0, None), "last.pt")
         self.last_saved = _position(epoch + 1, 0)
-        try:
-            write_summary(self.history, self.run_dir / "summary.csv")
-        except OSError as error:
-            raise TrainingError(
-                f"could not write {self.run_dir / 'summary.csv'} ({error.strerror or error}); last.pt is complete: "
-                f"free space, then run: lightnets train --resume {self.run_dir}"
-            ) from None
+        if self.is_main:
+            try:
+                write_summary(self.history, self.run_dir / "summary.csv")
+                write_step_losses(self.step_losses, steps, self._lr_at, self.run_dir / "steps.csv")
+            except OSError as error:
+                raise TrainingError(
+                    f"could not write to {self.run_dir} ({error.strerror or error}); last.pt is complete: "
+                    f"free space, then run: lightnets train --resume {self.run_dir}"
+                ) from None
         return row, result, improved
 
+    def _reduce_sums(self, sums: _EpochSums) -> tuple[float, float, int, int]:
+        """The epoch's loss sum, correct count, images seen and train-side skipped images, over all ranks."""
+        skip_events = self.bad_images.events - sums.skip_events_before
+        totals = torch.stack(
+            [
+                sums.loss_sum.double(),
+                sums.correct.double(),
+                sums.loss_sum.new_tensor(sums.seen, dtype=torch.float64),
+                sums.loss_sum.new_tensor(skip_events, dtype=torch.float64),
+            ]
+        )
+        loss_sum, correct, seen, skipped = all_reduce_sum(totals, self.context).tolist()
+        return loss_sum, correct, int(seen), int(skipped)
+
+    def _running(self, sums: _EpochSums, step_loss: torch.Tensor, done: int) -> dict[str, Any]:
+        """The epoch in progress, summed over ranks, for a mid-epoch checkpoint (a collective: all ranks call it)."""
+        loss_sum, correct, seen, skip_events = self._reduce_sums(sums)
+        return {
+            "loss_sum": torch.tensor(loss_sum, dtype=torch.float32),
+            "correct": torch.tensor(int(correct), dtype=torch.int64),
+            "seen": seen,
+            "seconds": time.perf_counter() - sums.start,
+            "skip_events": skip_events,
+            "step_losses": all_reduce_sum(step_loss[:done].clone(), self.context).cpu(),
+        }
+
     def _step(
-        self, step: int, images: torch.Tensor, labels: torch.Tensor, sums: _EpochSums, nonfinite: torch.Tensor
+        self,
+        step: int,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        sums: _EpochSums,
+        nonfinite: torch.Tensor,
+        step_loss: torch.Tensor,
     ) -> None:
         """One optimisation step; the schedule advances even when the update is skipped (it follows position)."""
         config, model = self.config, self.model
         update = labels.numel() > 0  # a batch is empty when all its images failed to decode
+        if not update and self.context.enabled:
+            # The other ranks are about to wait for this one's gradients. Two blank images at weight 0 take part
+            # in the all-reduce without moving the weights (two: BN in training mode refuses one).
+            size = self.bundle.input_size
+            images, labels, weight = images.new_zeros(2, 3, size, size), labels.new_zeros(2), 0.0
+            update = True
+        else:
+            weight = 1.0
         if update:
             if config.nan_policy == "skip":
                 buffers = [b.detach().clone() for b in model.buffers()]  # BN statistics a bad step would poison
             with autocast_context(self.device, self.use_amp, self.amp_dtype):
                 logits = self.step_fn(self.preprocess(images))
-                loss = self.criterion(logits.float(), labels)
+                loss = self.criterion(logits.float(), labels) * weight
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             finite = torch.isfinite(loss.detach())
             if config.nan_policy == "skip":
                 # Whether to update must be known before updating, so this policy reads the flag every step
                 # (GradScaler makes the same host sync). Masking the update on the device instead would need a
-                # copy of every weight and momentum buffer per step.
+                # copy of every weight and momentum buffer per step. Under torchrun a non-finite loss on any
+                # rank has already poisoned every rank's averaged gradients, so all ranks skip together.
+                if self.context.enabled:
+                    finite = all_reduce_sum((~finite).int(), self.context) == 0
                 if not bool(finite):
                     update = False
                     self.skipped_steps += 1
@@ -1194,14 +1404,18 @@ class _Trainer:
                     self.say(f"skipped the update of step {step + 1}: non-finite loss")
             else:
                 nonfinite[step] = ~finite
+            step_loss[step] = loss.detach() / self.world_size
+        else:
+            step_loss[step] = float("nan")
         if update:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             if self.ema is not None:
                 self.ema.update(model)
-            sums.loss_sum += loss.detach() * labels.numel()
-            sums.correct += (logits.detach().argmax(1) == labels).sum()
-            sums.seen += labels.numel()
+            if weight:
+                sums.loss_sum += loss.detach() * labels.numel()
+                sums.correct += (logits.detach().argmax(1) == labels).sum()
+                sums.seen += labels.numel()
         if self.scheduler._step_count == 1:
             with warnings.catch_warnings():
                 # PyTorch warns when the very first scheduler step has no optimizer.step() before it, which
@@ -1212,7 +1426,19 @@ class _Trainer:
             self.scheduler.step()
 
     def _finish(self) -> TrainResult:
-        config, bundle, bad_images = self.config, self.bundle, self.bad_images
+        config, bundle = self.config, self.bundle
+        skipped_paths = self._skipped_image_paths()  # on every rank: it gathers
+        result = TrainResult(
+            self.run_dir,
+            self.history,
+            self.best_top1,
+            self.best_epoch,
+            self.ema.module if self.ema is not None else self.model,
+            skipped_images=len(skipped_paths),
+            skipped_steps=self.skipped_steps,
+        )
+        if not self.is_main:
+            return result
         selected_on_test = bundle.val_name == "test"
         summary = {
             "model": config.model,
@@ -1222,10 +1448,11 @@ class _Trainer:
             "best_top1": self.best_top1,
             "best_selected_on": bundle.val_name,
             "final": self.history[-1] if self.history else None,
-            "skipped_images": len(bad_images),
-            "skipped_image_files": sorted(bad_images.paths)[:100],
+            "skipped_images": len(skipped_paths),
+            "skipped_image_files": sorted(skipped_paths)[:100],
             "ignored_files": len(bundle.ignored_files),
             "skipped_steps": self.skipped_steps,
+            "world_size": self.world_size,
         }
         if selected_on_test:
             summary["warning"] = (
@@ -1234,8 +1461,8 @@ class _Trainer:
             )
         write_json(summary, self.run_dir / "results.json")
         notes = []
-        if len(bad_images):
-            notes.append(f"{len(bad_images)} unreadable image(s) skipped")
+        if skipped_paths:
+            notes.append(f"{len(skipped_paths)} unreadable image(s) skipped")
         if bundle.ignored_files:
             notes.append(f"{len(bundle.ignored_files)} non-image file(s) ignored")
         if self.skipped_steps:
@@ -1245,15 +1472,20 @@ class _Trainer:
             f"best {bundle.val_name} top-1 {self.best_top1:.2f}% at epoch {self.best_epoch} (best.pt chosen on the "
             f"{bundle.val_name} split{flagged})" + (f"; {', '.join(notes)}" if notes else "")
         )
-        return TrainResult(
-            self.run_dir,
-            self.history,
-            self.best_top1,
-            self.best_epoch,
-            self.ema.module if self.ema is not None else self.model,
-            skipped_images=len(bad_images),
-            skipped_steps=self.skipped_steps,
-        )
+        return result
+
+
+def write_step_losses(step_losses: dict[int, torch.Tensor], steps: int, lr_at: Any, path: Path) -> None:
+    """steps.csv: the loss of every step (over the whole global batch) and the lr it trained at."""
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["epoch", "step", "global_step", "lr", "loss"])
+        for epoch in sorted(step_losses):
+            for step, loss in enumerate(step_losses[epoch].tolist()):
+                global_step = (epoch - 1) * steps + step
+                writer.writerow([epoch, step + 1, global_step + 1, f"{lr_at(global_step):.6g}", f"{loss:.6f}"])
+    os.replace(tmp, path)
 
 
 def write_plots(run_dir: Path, history: list[dict[str, Any]], result: EvalResult, bundle: DataBundle) -> None:

@@ -1,0 +1,242 @@
+"""Data-parallel training under torchrun: 2 CPU processes (Gloo) on the CIFAR-10 subset, a handful of steps.
+
+Every job here is a real ``torchrun`` launch (``python -m torch.distributed.run``) of ``-m lightnets train``.
+"""
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import yaml
+
+from lightnets.checkpoint import build_model_from_checkpoint, load_checkpoint
+from lightnets.data import TensorSplit
+from lightnets.distributed import ControlChannel, DistContext, init_distributed
+from lightnets.evaluation import run_eval
+from lightnets.training import _batch_indices, tensor_batches
+
+from .conftest import shared_file
+
+SUBSET = "cifar-10-subset-python.tar.gz"
+MODEL = "asymmnet_small_x0_35_cifar"
+# Each rank normalises BN over its own half of the global batch (SyncBatchNorm has no CPU kernel), so two
+# processes do not give bitwise the losses of one. Measured for these 6 steps: 0.16 % apart at the first step
+# (before any update, so BN alone) and at most 0.75 % after; the tolerance is twice that. A few steps from
+# initialisation every loss is near ln(10), so this comparison alone would not notice a wrong shard (another
+# seed's batches differ by up to 1.9 %): test_rank_shards_make_up_the_single_process_batches checks the shards
+# exactly, and the lr column of steps.csv must be equal to the last digit.
+LOSS_RTOL = 0.015
+EPOCHS, STEPS = 2, 3
+
+
+def train_args(out, *extra: str) -> list[str]:
+    return [
+        "train",
+        "--model", MODEL,
+        "--data", f"cifar10:{shared_file(SUBSET)}",
+        "--epochs", str(EPOCHS),
+        "--batch-size", "32",
+        "--lr", "0.05",
+        "--warmup-epochs", "0",
+        "--max-steps-per-epoch", str(STEPS),
+        "--checkpoint-every", "2",
+        "--seed", "3",
+        "--workers", "0",
+        "--quiet",
+        "--out", str(out),
+        *extra,
+    ]  # fmt: skip
+
+
+def single(args: list[str], cwd, script=None, fail_at=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    if fail_at is not None:
+        env["FAIL_AT_STEP"] = str(fail_at)
+    entry = [str(script)] if script else ["-m", "lightnets"]
+    return subprocess.run(
+        [sys.executable, *entry, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=240
+    )
+
+
+def torchrun(args: list[str], cwd, nproc: int = 2, script=None, fail_at=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    if fail_at is not None:
+        env["FAIL_AT_STEP"] = str(fail_at)
+    entry = [str(script)] if script else ["-m", "lightnets"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return subprocess.run([*command, *entry, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
+
+
+def step_rows(run_dir) -> list[dict[str, str]]:
+    with open(run_dir / "steps.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def assert_losses_match(run_dir, reference_dir) -> None:
+    got, want = step_rows(run_dir), step_rows(reference_dir)
+    assert len(got) == len(want) == EPOCHS * STEPS
+    for row, ref in zip(got, want):
+        where = f"epoch {row['epoch']} step {row['step']}"
+        assert row["lr"] == ref["lr"], f"{where}: lr {row['lr']}, one process {ref['lr']}"  # the global batch's
+        loss, ref_loss = float(row["loss"]), float(ref["loss"])
+        assert loss == pytest.approx(ref_loss, rel=LOSS_RTOL), f"{where}: 2 processes {loss}, 1 process {ref_loss}"
+
+
+FAULT_SCRIPT = """
+    # lightnets train, with an exception in one rank's optimizer step number $FAIL_AT_STEP (counted in this
+    # process); under torchrun only on rank 1, whose peer is then waiting in the gradient all-reduce.
+    import os, sys
+    import torch
+    from lightnets.cli import main
+
+    if os.environ.get("RANK", "1") == "1":
+        original, calls = torch.optim.SGD.step, []
+
+        def failing_step(self, *args, **kwargs):
+            calls.append(1)
+            if len(calls) == int(os.environ["FAIL_AT_STEP"]):
+                raise RuntimeError("injected fault on rank 1")
+            return original(self, *args, **kwargs)
+
+        torch.optim.SGD.step = failing_step
+    sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One process, uninterrupted: what every 2-process run here is compared with."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    result = single(train_args(out), cwd=out.parent)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def fault_script(tmp_path_factory):
+    path = tmp_path_factory.mktemp("scripts") / "fail_on_rank1.py"
+    path.write_text(textwrap.dedent(FAULT_SCRIPT))
+    return path
+
+
+def test_single_process_context_is_a_no_op(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    context, device = init_distributed(torch.device("cpu"))
+    assert context == DistContext() and context.is_main and not context.enabled
+    assert device == torch.device("cpu")
+    control = ControlChannel(context)
+    assert control.poll(15) == 15 and control.poll(None) is None and control.gather("x") == ["x"]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_rank_shards_make_up_the_single_process_batches(world):
+    generator = torch.Generator().manual_seed(0)
+    split = TensorSplit(
+        torch.randint(0, 256, (100, 3, 8, 8), dtype=torch.uint8, generator=generator), torch.arange(100)
+    )
+    one = list(tensor_batches(split, 24, train=True, seed=5, epoch=1))
+    shards = [list(tensor_batches(split, 24, train=True, seed=5, epoch=1, shard=(r, world))) for r in range(world)]
+    assert all(len(s) == len(one) == 4 for s in shards)
+    for step, (images, labels) in enumerate(one):
+        # Same images, same crops and flips: the ranks' slices side by side are exactly one process's batch.
+        assert torch.equal(torch.cat([s[step][0] for s in shards]), images)
+        assert torch.equal(torch.cat([s[step][1] for s in shards]), labels)
+    # Evaluation: disjoint shares that cover the split once.
+    seen = torch.cat([lab for r in range(world) for _, lab in tensor_batches(split, 7, train=False, shard=(r, world))])
+    assert sorted(seen.tolist()) == list(range(100))
+    # Folder datasets: the same sharding of sample indices, read by each rank's DataLoader.
+    whole = _batch_indices(100, 24, train=True, seed=5, epoch=1)
+    parts = [_batch_indices(100, 24, train=True, seed=5, epoch=1, shard=(r, world)) for r in range(world)]
+    assert [[i for p in parts for i in p[k]] for k in range(len(whole))] == whole
+    evaluated = [
+        i
+        for r in range(world)
+        for b in _batch_indices(100, 7, train=False, seed=5, epoch=1, shard=(r, world))
+        for i in b
+    ]
+    assert sorted(evaluated) == list(range(100))
+
+
+def test_two_gloo_processes_match_one_process(tmp_path, reference):
+    work = tmp_path / "ddp"
+    work.mkdir()
+    result = torchrun(train_args(work / "run"), cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Only rank 0 writes: one run directory, nothing else beside it.
+    assert sorted(p.name for p in work.iterdir()) == ["run"]
+    run = work / "run"
+    settings = yaml.safe_load((run / "args.yaml").read_text())
+    assert settings["world_size"] == 2
+    assert settings["batch_size"] == settings["global_batch_size"] == 32 and settings["per_process_batch_size"] == 16
+    assert_losses_match(run, reference)
+    # Each rank evaluated half of the test split; the all-reduced figures are those of the whole split, as one
+    # process evaluating the same weights finds them.
+    with open(run / "summary.csv") as handle:
+        last_row = list(csv.DictReader(handle))[-1]
+    single_eval = run_eval(
+        argparse.Namespace(
+            checkpoint=str(run / "last.pt"), data=f"cifar10:{shared_file(SUBSET)}", data_root=None, split="val",
+            batch_size=100, device="cpu", workers=0, amp=False, out=None,
+        )
+    )  # fmt: skip
+    assert single_eval["images"] == 1017
+    assert float(last_row["val_top1"]) == pytest.approx(single_eval["top1"], abs=1e-9)
+    assert float(last_row["val_top5"]) == pytest.approx(single_eval["top5"], abs=1e-9)
+    state = load_checkpoint(run / "last.pt")
+    assert not any(key.startswith("module.") for key in state["model"])  # a plain single-process checkpoint
+    model = build_model_from_checkpoint(state).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_a_failing_rank_ends_the_job_and_one_process_resumes_it(tmp_path, reference, fault_script):
+    run = tmp_path / "run"
+    # Rank 1 raises in its 5th optimizer step (epoch 2, step 2): torchrun must stop rank 0 too and report
+    # rank 1's error, not hang.
+    result = torchrun(train_args(run), cwd=tmp_path, script=fault_script, fail_at=5)
+    assert result.returncode != 0
+    assert "injected fault on rank 1" in result.stdout + result.stderr
+    assert load_checkpoint(run / "last.pt")["step"] == 1  # --checkpoint-every 2: written after global step 4
+    # A checkpoint written by 2 processes resumes in one.
+    resumed = single(["train", "--resume", str(run), "--quiet"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_losses_match(run, reference)
+
+
+def test_torchrun_resumes_a_single_process_run(tmp_path, reference, fault_script):
+    run = tmp_path / "run"
+    failed = single(train_args(run), cwd=tmp_path, script=fault_script, fail_at=5)
+    assert failed.returncode != 0 and "injected fault" in failed.stderr
+    result = torchrun(["train", "--resume", str(run), "--quiet"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_losses_match(run, reference)
+    assert len(step_rows(run)) == EPOCHS * STEPS
+
+
+def test_batch_that_does_not_split_over_the_ranks_is_refused(tmp_path):
+    # Through the --nproc shortcut, which execs torchrun.
+    result = single([*train_args(tmp_path / "run", "--batch-size", "31"), "--nproc", "2"], cwd=tmp_path)
+    assert result.returncode != 0
+    assert "--batch-size 31 is the global batch and must split evenly over 2 processes" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_sync_bn_on_cpu_is_refused_before_any_work(tmp_path):
+    from lightnets.training import TrainConfig, train
+
+    config = TrainConfig(model=MODEL, data=f"cifar10:{shared_file(SUBSET)}", device="cpu", sync_bn=True)
+    with pytest.raises(ValueError, match="--sync-bn needs CUDA"):
+        train(config)
+
+
+def test_nproc_is_torchrun_for_this_machine(tmp_path, monkeypatch):
+    from lightnets.cli import _without_nproc, main
+
+    assert _without_nproc(["train", "--nproc", "2", "--epochs", "1", "--nproc=3"]) == ["train", "--epochs", "1"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["train", "--nproc", "2", "--out", str(tmp_path / "run")]) == 2  # already under torchrun
