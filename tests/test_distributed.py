@@ -5,6 +5,7 @@ Every job here is a real ``torchrun`` launch (``python -m torch.distributed.run`
 
 import argparse
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -240,3 +241,34 @@ def test_nproc_is_torchrun_for_this_machine(tmp_path, monkeypatch):
     assert _without_nproc(["train", "--nproc", "2", "--epochs", "1", "--nproc=3"]) == ["train", "--epochs", "1"]
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["train", "--nproc", "2", "--out", str(tmp_path / "run")]) == 2  # already under torchrun
+
+
+def test_a_rank_whose_whole_slice_is_unreadable_still_takes_part(tmp_path):
+    # Without a stand-in batch that rank would skip the step while its peer waits in the gradient all-reduce.
+    from PIL import Image
+
+    from lightnets.data import load_dataset
+
+    root = tmp_path / "data"
+    generator = torch.Generator().manual_seed(0)
+    for split, count in (("train", 8), ("val", 2)):
+        for label in ("ants", "bees"):
+            (root / split / label).mkdir(parents=True)
+            for index in range(count):
+                pixels = torch.randint(0, 256, (20, 20, 3), dtype=torch.uint8, generator=generator).numpy()
+                Image.fromarray(pixels).save(root / split / label / f"{index}.png")
+    samples = load_dataset(f"folder:{root}", input_size=32).train.samples
+    seed = 2
+    rank1_first_step = _batch_indices(len(samples), 8, train=True, seed=seed, epoch=0, shard=(1, 2))[0]
+    for index in rank1_first_step:
+        samples[index][0].write_bytes(b"not an image")
+    work = tmp_path / "work"
+    work.mkdir()
+    args = ["train", "--model", MODEL, "--data", f"folder:{root}", "--input-size", "32", "--epochs", "1"]
+    args += ["--batch-size", "8", "--seed", str(seed), "--workers", "0", "--quiet", "--out", str(work / "run")]
+    result = torchrun(args, cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((work / "run" / "results.json").read_text())
+    # Rank 1's unreadable files, gathered into rank 0's report.
+    assert report["skipped_images"] == 4 and report["world_size"] == 2
+    assert sorted(report["skipped_image_files"]) == sorted(str(samples[i][0]) for i in rank1_first_step)

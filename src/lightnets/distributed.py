@@ -12,6 +12,8 @@ from __future__ import annotations
 import datetime
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -143,6 +145,15 @@ class ControlChannel:
         flag = torch.tensor([signum or 0], dtype=torch.int64)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
         return max(earlier, int(flag.item())) or None
+
+    @contextmanager
+    def main_first(self) -> Iterator[None]:
+        """Rank 0 runs the block before the others (a download or extraction they then find done)."""
+        if self.context.enabled and not self.context.is_main:
+            dist.barrier(group=self.group)
+        yield
+        if self.context.enabled and self.context.is_main:
+            dist.barrier(group=self.group)
 
     def gather(self, value: object) -> list[object]:
         """Every rank's ``value``, in rank order (a small picklable object: file lists, counts)."""

@@ -8,6 +8,9 @@ weight decay 5e-4 on conv/linear weights only (not BN or biases), label smoothin
 then cosine decay stepped every iteration, batch 256. In-memory datasets (CIFAR) live as one uint8
 tensor on the training device and are cropped and flipped there in whole batches; folder datasets come
 through a DataLoader with workers. Normalisation happens on the device for both.
+
+Under torchrun the same code runs in every process: each trains its slice of every global batch with
+DistributedDataParallel, metrics are all-reduced, and rank 0 alone writes (see :mod:`lightnets.distributed`).
 """
 
 from __future__ import annotations
@@ -967,14 +970,15 @@ class _Trainer:
         self.control = ControlChannel(context)
         self.say = (lambda *a: None) if self.quiet else (lambda *a: print(*a, flush=True))
         torch.manual_seed(config.seed)
-        bundle = load_dataset(
-            config.data,
-            data_root=config.data_root,
-            input_size=input_size,
-            val_split=config.val_split,
-            seed=config.seed,
-            strict=config.strict,
-        )
+        with self.control.main_first():  # one download of a missing CIFAR archive, not one per rank
+            bundle = load_dataset(
+                config.data,
+                data_root=config.data_root,
+                input_size=input_size,
+                val_split=config.val_split,
+                seed=config.seed,
+                strict=config.strict,
+            )
         if resume_state is not None:
             check_checkpoint(resume_state, classes=list(bundle.classes), what=f"--data {config.data}")
         self.bundle = bundle
