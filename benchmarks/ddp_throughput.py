@@ -54,6 +54,15 @@ def run_once(model: str, nproc: int, args: argparse.Namespace, out: Path) -> dic
     }
 
 
+def cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(MODELS))
@@ -98,7 +107,7 @@ def main() -> None:
                     "speedup_vs_first": statistics.median(values) / base,
                 }
             )
-    device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor() or platform.machine()
+    device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else cpu_name()
     report = {
         "device": args.device,
         "device_name": device_name,
