@@ -4,12 +4,15 @@ Every job here is a real ``torchrun`` launch (``python -m torch.distributed.run`
 """
 
 import argparse
+import contextlib
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -54,14 +57,46 @@ def train_args(out, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (torchrun starts its workers in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def launch(command: list[str], cwd, env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run ``command``; on a timeout (a hang) kill it and every process below it, so a failing test leaves no
+    worker waiting in a collective behind it."""
+    with subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for pid in [*descendants(process.pid), process.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            pytest.fail(f"hung for {timeout} s: {' '.join(command)}\n{stderr[-3000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
 def single(args: list[str], cwd, script=None, fail_at=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     if fail_at is not None:
         env["FAIL_AT_STEP"] = str(fail_at)
     entry = [str(script)] if script else ["-m", "lightnets"]
-    return subprocess.run(
-        [sys.executable, *entry, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=240
-    )
+    return launch([sys.executable, *entry, *args], cwd, env)
 
 
 def torchrun(args: list[str], cwd, nproc: int = 2, script=None, fail_at=None) -> subprocess.CompletedProcess:
@@ -70,7 +105,7 @@ def torchrun(args: list[str], cwd, nproc: int = 2, script=None, fail_at=None) ->
         env["FAIL_AT_STEP"] = str(fail_at)
     entry = [str(script)] if script else ["-m", "lightnets"]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    return subprocess.run([*command, *entry, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
+    return launch([*command, *entry, *args], cwd, env)
 
 
 def step_rows(run_dir) -> list[dict[str, str]]:
