@@ -417,29 +417,11 @@ def batches(
     """Training batches are global batches of ``batch_size`` (sliced to this rank's share); evaluation batches
     are ``batch_size`` images of the rank's share of the split."""
     batch_size = batch_size or config.batch_size
+    position = {"seed": config.seed, "epoch": epoch, "start_step": start_step, "num_steps": num_steps, "shard": shard}
     if isinstance(split, TensorSplit):
-        return tensor_batches(
-            split,
-            batch_size,
-            train=train,
-            seed=config.seed,
-            epoch=epoch,
-            start_step=start_step,
-            num_steps=num_steps,
-            shard=shard,
-        )
+        return tensor_batches(split, batch_size, train=train, **position)
     return loader_batches(
-        split,
-        batch_size,
-        train=train,
-        workers=config.workers,
-        device=device,
-        seed=config.seed,
-        epoch=epoch,
-        start_step=start_step,
-        num_steps=num_steps,
-        bad_images=bad_images,
-        shard=shard,
+        split, batch_size, train=train, workers=config.workers, device=device, bad_images=bad_images, **position
     )
 
 
