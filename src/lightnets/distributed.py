@@ -37,6 +37,7 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # this module created the process group (not a caller's script), so it ends it
 
     @property
     def enabled(self) -> bool:
@@ -75,16 +76,18 @@ def init_distributed(device: torch.device, timeout_minutes: float = 30.0) -> tup
             )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
+    owns_group = not dist.is_initialized()
+    if owns_group:
         dist.init_process_group(
             backend="nccl" if device.type == "cuda" else "gloo",
             timeout=datetime.timedelta(minutes=timeout_minutes),
         )
-    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank), device
+    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, owns_group=owns_group), device
 
 
 def shutdown_distributed(context: DistContext) -> None:
-    if context.enabled and dist.is_initialized():
+    """End the process group, unless the caller's own script set it up (it may have more to do with it)."""
+    if context.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 
