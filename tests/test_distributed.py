@@ -198,14 +198,19 @@ def test_rank_shards_make_up_the_single_process_batches(world):
     assert sorted(evaluated) == list(range(100))
 
 
-def test_two_gloo_processes_match_one_process(tmp_path, reference):
-    work = tmp_path / "ddp"
-    work.mkdir()
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    """Two processes, uninterrupted."""
+    work = tmp_path_factory.mktemp("ddp")
     result = torchrun(train_args(work / "run"), cwd=work)
     assert result.returncode == 0, result.stderr[-3000:]
+    return work / "run"
+
+
+def test_two_gloo_processes_match_one_process(ddp_run, reference):
     # Only rank 0 writes: one run directory, nothing else beside it.
-    assert sorted(p.name for p in work.iterdir()) == ["run"]
-    run = work / "run"
+    assert sorted(p.name for p in ddp_run.parent.iterdir()) == ["run"]
+    run = ddp_run
     settings = yaml.safe_load((run / "args.yaml").read_text())
     assert settings["world_size"] == 2
     assert settings["batch_size"] == settings["global_batch_size"] == 32 and settings["per_process_batch_size"] == 16
@@ -225,12 +230,17 @@ def test_two_gloo_processes_match_one_process(tmp_path, reference):
     assert float(last_row["val_top5"]) == pytest.approx(single_eval["top5"], abs=1e-9)
     state = load_checkpoint(run / "last.pt")
     assert not any(key.startswith("module.") for key in state["model"])  # a plain single-process checkpoint
+    # Each rank draws its own random numbers (its dropout masks), and a resume gives each its own back.
+    per_rank = state["rng_per_rank"]
+    assert len(per_rank) == 2 and torch.equal(per_rank[0]["cpu"], state["rng"]["cpu"])
+    assert not torch.equal(per_rank[0]["cpu"], per_rank[1]["cpu"])
     model = build_model_from_checkpoint(state).eval()
     with torch.no_grad():
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
-def test_a_failing_rank_ends_the_job_and_one_process_resumes_it(tmp_path, reference, fault_script):
+@pytest.mark.parametrize("resume_with", [1, 2])
+def test_a_failing_rank_ends_the_job_and_the_run_resumes(tmp_path, reference, ddp_run, fault_script, resume_with):
     run = tmp_path / "run"
     # Rank 1 raises in its 5th optimizer step (epoch 2, step 2): torchrun must stop rank 0 too and report
     # rank 1's error, not hang.
@@ -238,10 +248,14 @@ def test_a_failing_rank_ends_the_job_and_one_process_resumes_it(tmp_path, refere
     assert result.returncode != 0
     assert "injected fault on rank 1" in result.stdout + result.stderr
     assert load_checkpoint(run / "last.pt")["step"] == 1  # --checkpoint-every 2: written after global step 4
-    # A checkpoint written by 2 processes resumes in one.
-    resumed = single(["train", "--resume", str(run), "--quiet"], cwd=tmp_path)
+    resume = ["train", "--resume", str(run), "--quiet"]
+    resumed = single(resume, cwd=tmp_path) if resume_with == 1 else torchrun(resume, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert_losses_match(run, reference)
+    if resume_with == 2:
+        # Same process count: every rank gets its own position, weights and random numbers back, so the
+        # interrupted run's steps are those of the uninterrupted one to the last printed digit.
+        assert [row["loss"] for row in step_rows(run)] == [row["loss"] for row in step_rows(ddp_run)]
 
 
 def test_torchrun_resumes_a_single_process_run(tmp_path, reference, fault_script):

@@ -974,6 +974,10 @@ class _Trainer:
         if context.enabled and config.sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model  # unwrapped: checkpoints, EMA and evaluation use it, so they load in one process
+        if context.rank > 0:
+            # Same initial weights on every rank (DDP broadcasts rank 0's anyway), but each rank's own stream
+            # from here on: otherwise every rank would draw the same dropout masks for its slice.
+            torch.manual_seed(derive_seed(config.seed, context.rank))
         self.train_split, self.val_split = bundle.train, bundle.val
         if isinstance(bundle.train, TensorSplit):
             self.train_split = TensorSplit(bundle.train.images.to(device), bundle.train.labels.to(device))
@@ -1045,9 +1049,17 @@ class _Trainer:
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
-        torch.set_rng_state(state["rng"]["cpu"])
-        if self.device.type == "cuda" and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        rng = state["rng"]
+        per_rank = state.get("rng_per_rank") or []
+        if len(per_rank) == self.world_size:
+            rng = per_rank[self.context.rank]
+        elif self.context.rank > 0:  # resumed with another process count: a fresh stream, still per rank
+            rng = None
+            torch.manual_seed(derive_seed(self.config.seed, self.context.rank, state["epoch"], state.get("step", 0)))
+        if rng is not None:
+            torch.set_rng_state(rng["cpu"])
+            if self.device.type == "cuda" and "cuda" in rng:
+                torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.start_epoch, self.start_step, self.history = state["epoch"], state.get("step", 0), state["history"]
         self.best_top1, self.best_epoch = state["best_top1"], state["best_epoch"]
         self.running = state.get("running")
@@ -1091,6 +1103,8 @@ class _Trainer:
             "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": rng,
+            # Under torchrun, every rank's (a collective: _training_state runs on all ranks at the same steps).
+            "rng_per_rank": self.control.gather(rng) if self.context.enabled else None,
             "epoch": epoch,  # completed epochs
             "step": step,  # completed steps of the epoch after them
             "running": running,
