@@ -39,7 +39,6 @@ import importlib.util
 import io
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -55,7 +54,7 @@ import torch
 import yaml
 from torch import nn
 
-from lightnets.benchmarking import interleaved_latencies
+from lightnets.benchmarking import device_name, interleaved_latencies
 from lightnets.complexity import count_macs, count_params
 from lightnets.models import create_model, reparameterize_model
 
@@ -221,16 +220,6 @@ def max_abs_diff(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
         return (a(x) - b(x)).abs().max().item()
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -282,7 +271,7 @@ def main() -> None:
         "clock": args.clock,
         "dtype": "float32",
         "torch": torch.__version__,
-        "cpu": cpu_name(),
+        "cpu": device_name("cpu"),
         "cpu_count": os.cpu_count(),
         "date": time.strftime("%Y-%m-%d"),
         "load_average_at_start": list(os.getloadavg()),

@@ -16,7 +16,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -25,6 +24,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from lightnets.benchmarking import device_name
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBSET = ROOT.parent / "shared" / "data" / "cifar-10-subset-python.tar.gz"
@@ -52,15 +53,6 @@ def run_once(model: str, nproc: int, args: argparse.Namespace, out: Path) -> dic
         "wall_seconds": time.perf_counter() - started,
         "threads_per_process": threads,
     }
-
-
-def cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -107,19 +99,18 @@ def main() -> None:
                     "speedup_vs_first": statistics.median(values) / base,
                 }
             )
-    device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else cpu_name()
-    report = {
-        "device": args.device,
-        "device_name": device_name,
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "global_batch_size": args.batch_size,
-        "steps_per_epoch": args.steps,
-        "rounds": args.rounds,
-        "data": str(args.data.name),
-        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "rows": rows,
-    }
+        report = {
+            "device": args.device,
+            "device_name": device_name(args.device),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "global_batch_size": args.batch_size,
+            "steps_per_epoch": args.steps,
+            "rounds": args.rounds,
+            "data": str(args.data.name),
+            "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+            "rows": rows,
+        }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\n{'model':<30} {'procs':>5} {'thr/proc':>8} {'img/s':>8} {'x':>6}")

@@ -18,6 +18,14 @@ def shared_file(name: str) -> Path:
     return path
 
 
+def subset_config(out: Path, model: str, **settings):
+    """A TrainConfig on the CIFAR-10 subset, quiet, without DataLoader workers; ``settings`` give the rest."""
+    from lightnets.training import TrainConfig
+
+    data = f"cifar10:{shared_file('cifar-10-subset-python.tar.gz')}"
+    return TrainConfig(**{"model": model, "data": data, "quiet": True, "workers": 0, "out": str(out), **settings})
+
+
 def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
     """Give every BN non-trivial statistics so that fusion checks are not vacuous."""
     generator = torch.Generator().manual_seed(seed)

@@ -48,7 +48,7 @@ from lightnets.training import (
     train,
 )
 
-from .conftest import shared_file
+from .conftest import shared_file, subset_config
 
 SUBSET = "cifar-10-subset-python.tar.gz"
 MODEL = "asymmnet_small_x0_35_cifar"  # has dropout, so the RNG state is part of what a resume must restore
@@ -60,20 +60,9 @@ class Killed(BaseException):
 
 
 def tiny(tmp_path: Path, name: str = "run", **overrides) -> TrainConfig:
-    values = dict(
-        model=MODEL,
-        data=f"cifar10:{shared_file(SUBSET)}",
-        epochs=2,
-        batch_size=8,
-        max_steps_per_epoch=4,
-        val_split=0.02,  # 102 held-out images: evaluation stays cheap
-        quiet=True,
-        workers=0,
-        deterministic=True,
-        out=str(tmp_path / name),
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
+    settings = dict(epochs=2, batch_size=8, max_steps_per_epoch=4, deterministic=True)
+    settings["val_split"] = 0.02  # 102 held-out images: evaluation stays cheap
+    return subset_config(tmp_path / name, MODEL, **{**settings, **overrides})
 
 
 def cli_args(config: TrainConfig) -> list[str]:

@@ -14,25 +14,15 @@ from lightnets.checkpoint import load_checkpoint
 from lightnets.cli import main
 from lightnets.training import TrainConfig, parameter_groups, train, warmup_cosine
 
-from .conftest import shared_file
+from .conftest import shared_file, subset_config
 
 SUBSET = "cifar-10-subset-python.tar.gz"
 RUN_FILES = ["args.yaml", "summary.csv", "last.pt", "best.pt", "curves.png", "predictions.png", "confusion.png"]
 
 
 def tiny_config(tmp_path, model: str, **overrides) -> TrainConfig:
-    values = dict(
-        model=model,
-        data=f"cifar10:{shared_file(SUBSET)}",
-        epochs=1,
-        batch_size=16,
-        max_steps_per_epoch=2,
-        quiet=True,
-        out=str(tmp_path / "run"),
-        workers=0,
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
+    settings = {"epochs": 1, "batch_size": 16, "max_steps_per_epoch": 2, **overrides}
+    return subset_config(tmp_path / "run", model, **settings)
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import ctypes
 import json
 import math
 import os
+import platform
 import tempfile
 import threading
 import time
@@ -29,7 +30,15 @@ from torch.utils import benchmark as torch_benchmark
 from lightnets.complexity import count_macs, count_params
 from lightnets.models import create_model, reparameterize_model
 
-__all__ = ["BenchSettings", "bench_models", "interleaved_latencies", "make_runner", "operator_study", "write_rows"]
+__all__ = [
+    "BenchSettings",
+    "bench_models",
+    "device_name",
+    "interleaved_latencies",
+    "make_runner",
+    "operator_study",
+    "write_rows",
+]
 
 ROW_KEYS = [
     "model",
@@ -122,6 +131,20 @@ class PeakMemory:
             self._stop.set()
             sampler.join()
         return max(0, peak[0] - base) / 2**20
+
+
+def device_name(device: str | torch.device = "cpu") -> str:
+    """What a figure was measured on: the GPU's name, or the CPU model as the OS reports it."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _release_freed_memory() -> None:

@@ -127,12 +127,17 @@ def _without_nproc(argv: Sequence[str]) -> list[str]:
     return kept
 
 
+def _torchrun_rank() -> str | None:
+    """This process's rank when torchrun started it as one of several, else None."""
+    return os.environ.get("RANK", "?") if os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1") else None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from lightnets.training import TrainConfig, load_run_config, train
 
     if args.nproc is not None:
         _require(args.nproc, "--nproc", 1)
-        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        if _torchrun_rank() is not None:
             raise ValueError("--nproc starts torchrun itself; drop it when launching with torchrun")
         if args.nproc > 1:
             from lightnets.distributed import launch_torchrun
@@ -502,7 +507,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _apply_config_file(parser, argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     # Under torchrun every rank reports its own errors; say whose each one is.
-    where = f" (rank {os.environ.get('RANK', '?')})" if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else ""
+    rank = _torchrun_rank()
+    where = f" (rank {rank})" if rank is not None else ""
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as error:

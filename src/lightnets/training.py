@@ -913,22 +913,14 @@ def _train(config: TrainConfig, resume: str | Path | None, device: torch.device,
 
 @dataclass
 class _EpochSums:
-    """Running sums of the epoch in progress; saved in a mid-epoch checkpoint so the epoch's row comes out exact."""
+    """This rank's running sums of the epoch in progress; a mid-epoch checkpoint saves them summed over the ranks
+    (:meth:`_Trainer._running`) so the epoch's row comes out exact."""
 
     loss_sum: torch.Tensor
     correct: torch.Tensor
     seen: int = 0
     start: float = 0.0  # perf_counter at which the epoch would have started, counting earlier processes' time
     skip_events_before: int = 0  # bad_images.events when the epoch started, in this process's count
-
-    def state(self, skip_events: int) -> dict[str, Any]:
-        return {
-            "loss_sum": self.loss_sum.detach().cpu(),
-            "correct": self.correct.detach().cpu(),
-            "seen": self.seen,
-            "seconds": time.perf_counter() - self.start,
-            "skip_events": skip_events - self.skip_events_before,
-        }
 
 
 class _Trainer:

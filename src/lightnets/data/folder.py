@@ -21,6 +21,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
+from lightnets.data.augment import derive_seed
 from lightnets.data.cifar import DatasetNotFoundError
 
 __all__ = [
@@ -243,8 +244,6 @@ class SeededSamples(Dataset):
         return len(self.split)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | BadImage:
-        from lightnets.data.augment import derive_seed
-
         # torchvision's transforms draw from the global generator; forking keeps the caller's stream (dropout,
         # when there are no workers) untouched.
         with torch.random.fork_rng(devices=[]):
