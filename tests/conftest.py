@@ -18,12 +18,13 @@ def shared_file(name: str) -> Path:
     return path
 
 
-def subset_config(out: Path, model: str, **settings):
-    """A TrainConfig on the CIFAR-10 subset, quiet, without DataLoader workers; ``settings`` give the rest."""
+def subset_config(run_dir: Path, model: str, **settings):
+    """A TrainConfig on the CIFAR-10 subset writing ``run_dir``, quiet, without DataLoader workers; ``settings``
+    give the rest and override any of these."""
     from lightnets.training import TrainConfig
 
     data = f"cifar10:{shared_file('cifar-10-subset-python.tar.gz')}"
-    return TrainConfig(**{"model": model, "data": data, "quiet": True, "workers": 0, "out": str(out), **settings})
+    return TrainConfig(**{"model": model, "data": data, "quiet": True, "workers": 0, "out": str(run_dir), **settings})
 
 
 def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
