@@ -217,6 +217,17 @@ def init_weights(model: nn.Module) -> None:
                 nn.init.zeros_(module.bias)
 
 
+def zero_init_last_bn(model: nn.Module) -> None:
+    """Call ``zero_init_last()`` on every block that has one: the last BN of each residual branch starts at 0.
+
+    Each residual block then starts as the identity (timm's ``zero_init_last``), so a deep stack of them does not
+    add up full-variance branches at initialisation. It changes the starting point only, not the architecture.
+    """
+    for module in model.modules():
+        if module is not model and hasattr(module, "zero_init_last"):
+            module.zero_init_last()
+
+
 def pad_kernel_to(kernel: torch.Tensor, size: int) -> torch.Tensor:
     """Zero-pad a square conv kernel symmetrically to ``size`` x ``size`` (a 1x1 lands in the centre)."""
     pad = (size - kernel.shape[-1]) // 2

@@ -10,6 +10,12 @@ are concatenated, a linear 1x1 back to full width, residual, ReLU). It is genera
 for ablation: serial group conv (P=1), parallel group conv (S=1) and serial-parallel (S=2, the default).
 
 CIFAR form: both stem convs have stride 1, so the three stages run at 16, 8 and 4 pixels.
+
+Training stability (not architecture): with ``zero_init_last=True`` (the default) the BN of every block's
+``conv_out`` starts with weight 0, so each block starts as its shortcut (timm's ``zero_init_last``). The authors'
+init means to do the same but its name test never matches, so their code starts every BN at 1; with that, the
+15 residual additions give a first-step gradient norm of 41.6 (3.5 with the zero start) and, after one epoch of
+the default recipe on CIFAR-10, a test loss of 83 at chance accuracy. Loaded weights replace this init.
 """
 
 from __future__ import annotations
@@ -19,7 +25,14 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from lightnets.models.layers import ClassifierModel, ConvBnAct, fuse_linear_bn, global_pool, init_weights
+from lightnets.models.layers import (
+    ClassifierModel,
+    ConvBnAct,
+    fuse_linear_bn,
+    global_pool,
+    init_weights,
+    zero_init_last_bn,
+)
 from lightnets.models.registry import register_model
 
 __all__ = ["SPGBlock", "SPGNet", "SPGNetConfig"]
@@ -56,6 +69,9 @@ class SPGBlock(nn.Module):
                 ConvBnAct(in_channels, out_channels, 1, act_layer=None),
             )
         self.act = nn.ReLU(inplace=True)
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.conv_out.bn.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv_in(x)
@@ -94,6 +110,7 @@ class SPGNet(ClassifierModel):
         cifar: bool = False,
         drop_rate: float = 0.2,
         in_chans: int = 3,
+        zero_init_last: bool = True,
     ) -> None:
         super().__init__()
         self.default_input_size = 32 if cifar else 224
@@ -128,6 +145,8 @@ class SPGNet(ClassifierModel):
         self.drop = nn.Dropout(drop_rate)
         self.reset_classifier(num_classes)
         init_weights(self)
+        if zero_init_last:
+            zero_init_last_bn(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_head(self.stages(self.stem(x)))
