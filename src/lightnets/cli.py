@@ -204,12 +204,27 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     add("--weight-decay", dest="weight_decay", type=float, help="on conv/linear weights only (default 5e-4)")
     add("--label-smoothing", dest="label_smoothing", type=float, help="default 0.1")
     add("--warmup-epochs", dest="warmup_epochs", type=float, help="linear warmup length (default 1)")
-    add("--amp", action=argparse.BooleanOptionalAction, default=None, help="autocast (default: on for CUDA only)")
+    add(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 autocast (default: on for CUDA and for CPUs with native bf16, AVX512-BF16 or AMX, where it is "
+        "faster except for AsymmNet-Small)",
+    )
     add("--amp-dtype", dest="amp_dtype", choices=["bfloat16", "float16"], help="float16 uses a GradScaler (CUDA)")
     add("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=None)
     add("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
     add("--ema", action=argparse.BooleanOptionalAction, default=None, help="evaluate an EMA of the weights")
     add("--ema-decay", dest="ema_decay", type=float)
+    add(
+        "--aug",
+        metavar="{none,colorjitter,randaugment,trivialaugment,autoaugment}",
+        help="augmentation added to crop + flip (default none); the last three need a folder dataset",
+    )
+    add("--aug-ops", dest="aug_ops", type=int, help="RandAugment: operations per image (default 2)")
+    add("--aug-magnitude", dest="aug_magnitude", type=int, help="RandAugment: magnitude 0-30 (default 9)")
+    add("--random-erasing", dest="random_erasing", type=float, metavar="P", help="erase a random box per image with P")
+    add("--cutout", type=int, metavar="N", help="set one NxN square per image to the mean (default 0: off)")
     add("--seed", type=int)
     add("--device", help="auto (cuda if present), cpu, cuda, cuda:N")
     add("--workers", type=int, help="DataLoader workers for folder datasets (default 4)")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from lightnets.data.augment import derive_seed, random_crop_flip
+from lightnets.data.augment import AUG_POLICIES, AugmentSpec, batch_augmentation, derive_seed, random_crop_flip
 from lightnets.data.cifar import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -52,6 +52,7 @@ from lightnets.data.folder import (
 )
 
 __all__ = [
+    "AUG_POLICIES",
     "CIFAR10_MEAN",
     "CIFAR10_STD",
     "CIFAR100_MEAN",
@@ -62,6 +63,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
+    "AugmentSpec",
     "BadImage",
     "BadImageLog",
     "DataBundle",
@@ -73,6 +75,7 @@ __all__ = [
     "TensorSplit",
     "UnreadableImageError",
     "UnsafePickleError",
+    "batch_augmentation",
     "collate_skip_bad",
     "collate_with_bad",
     "default_data_root",
@@ -174,7 +177,12 @@ def _non_images(folders: list[Path], strict: bool) -> list[str]:
 
 
 def _load_folder_bundle(
-    spec: DataSpec, input_size: int | None, val_split: float | None, seed: int, strict: bool = False
+    spec: DataSpec,
+    input_size: int | None,
+    val_split: float | None,
+    seed: int,
+    strict: bool = False,
+    augment: AugmentSpec | None = None,
 ) -> DataBundle:
     root = spec.path
     assert root is not None  # parse_data_spec guarantees a path for folders
@@ -206,7 +214,7 @@ def _load_folder_bundle(
     return DataBundle(
         kind="folder",
         classes=classes,
-        train=ImageFolderSplit(train_samples, classes, train_transform(size)),
+        train=ImageFolderSplit(train_samples, classes, train_transform(size, augment, IMAGENET_MEAN, IMAGENET_STD)),
         val=ImageFolderSplit(val_samples, classes, eval_transform(size, resize)),
         val_name=val_name,
         mean=IMAGENET_MEAN,
@@ -226,6 +234,7 @@ def load_dataset(
     seed: int = 0,
     download: bool = True,
     strict: bool = False,
+    augment: AugmentSpec | None = None,
 ) -> DataBundle:
     """Load a dataset described by a ``--data`` value into a :class:`DataBundle`.
 
@@ -235,6 +244,8 @@ def load_dataset(
     defaults to 0.2; a folder with ``train/`` and ``val/`` (or ``test/``) subfolders uses those and ignores it.
     ``input_size`` defaults to 32 for CIFAR and 224 for folders. Non-image files in a folder dataset's class
     folders are ignored with one warning and listed in ``ignored_files``; with ``strict`` they are an error.
+    ``augment`` extends a folder dataset's training transform; in-memory CIFAR splits stay uint8 and are augmented
+    on the device by the training loop (:func:`batch_augmentation`).
     """
     if isinstance(spec, str):
         spec = parse_data_spec(spec)
@@ -246,4 +257,4 @@ def load_dataset(
         return _load_cifar_bundle(spec, root, input_size, val_split, seed, download)
     if spec.path is None:
         raise ValueError(f"folder data needs a path: expected {_VALID_FORMS}")
-    return _load_folder_bundle(spec, input_size, val_split, seed, strict)
+    return _load_folder_bundle(spec, input_size, val_split, seed, strict, augment)

@@ -21,7 +21,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
-from lightnets.data.augment import derive_seed
+from lightnets.data.augment import COLOR_JITTER, AugmentSpec, cutout, derive_seed, random_erasing
 from lightnets.data.cifar import DatasetNotFoundError
 
 __all__ = [
@@ -111,19 +111,51 @@ def _plain_tensor(image: torch.Tensor) -> torch.Tensor:
     return image.as_subclass(torch.Tensor).contiguous()
 
 
-def train_transform(input_size: int) -> Callable[[Image.Image], torch.Tensor]:
-    """Random-resized crop and horizontal flip, PIL image -> uint8 tensor (3, S, S); no normalization."""
+def _policy(augment: AugmentSpec) -> list[Callable]:
+    from torchvision.transforms import v2
+
+    if augment.policy == "colorjitter":
+        return [v2.ColorJitter(COLOR_JITTER, COLOR_JITTER, COLOR_JITTER)]
+    if augment.policy == "randaugment":
+        return [v2.RandAugment(num_ops=augment.ops, magnitude=augment.magnitude)]
+    if augment.policy == "trivialaugment":
+        return [v2.TrivialAugmentWide()]
+    if augment.policy == "autoaugment":
+        return [v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)]
+    return []
+
+
+class _ErasePerImage:
+    """Random erasing and cutout on one uint8 image, drawing from the default generator (seeded per image)."""
+
+    def __init__(self, augment: AugmentSpec, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.augment, self.mean, self.std = augment, tuple(mean), tuple(std)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        batch = image[None]
+        if self.augment.random_erasing:
+            batch = random_erasing(batch, self.augment.random_erasing, self.mean, self.std)
+        if self.augment.cutout:
+            batch = cutout(batch, self.augment.cutout, self.mean)
+        return batch[0]
+
+
+def train_transform(
+    input_size: int,
+    augment: AugmentSpec | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> Callable[[Image.Image], torch.Tensor]:
+    """Random-resized crop, horizontal flip, then ``augment``'s policy, erasing and cutout: PIL image -> uint8
+    tensor (3, S, S); no normalization (``mean``/``std`` set the erasing noise and cutout fill)."""
     from torchvision.transforms import v2  # deferred: torchvision adds seconds to every CIFAR-only start
 
-    return v2.Compose(
-        [
-            v2.ToImage(),
-            v2.RandomResizedCrop(input_size, antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.ToDtype(torch.uint8, scale=True),
-            _plain_tensor,
-        ]
-    )
+    augment = augment or AugmentSpec()
+    steps = [v2.ToImage(), v2.RandomResizedCrop(input_size, antialias=True), v2.RandomHorizontalFlip()]
+    steps += [*_policy(augment), v2.ToDtype(torch.uint8, scale=True), _plain_tensor]
+    if augment.random_erasing or augment.cutout:
+        steps.append(_ErasePerImage(augment, mean, std))
+    return v2.Compose(steps)
 
 
 def eval_transform(input_size: int, eval_resize: int) -> Callable[[Image.Image], torch.Tensor]:
