@@ -7,12 +7,14 @@ never redefine these.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 ActLayer = Callable[..., nn.Module] | None
 
@@ -59,46 +61,26 @@ class ChannelShuffle(nn.Module):
 
 
 def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """Return one conv with bias equal to ``bn(conv(x))`` in eval mode."""
-    fused = nn.Conv2d(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
-        groups=conv.groups,
-        bias=True,
-        padding_mode=conv.padding_mode,
-    ).to(device=conv.weight.device, dtype=conv.weight.dtype)
-    weight, bias = fold_bn(conv.weight, conv.bias, bn)
-    with torch.no_grad():
-        fused.weight.copy_(weight)
-        fused.bias.copy_(bias)
+    """Return one conv with bias equal to ``bn(conv(x))`` in eval mode.
+
+    PyTorch's own fusion arithmetic (``torch.nn.utils.fusion.fuse_conv_bn_weights``); its module-level
+    ``fuse_conv_bn_eval`` would also demand that both modules are in eval mode, which deploy passes need not be.
+    """
+    fused = copy.deepcopy(conv)
+    fused.weight, fused.bias = fuse_conv_bn_weights(
+        conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+    )
+    fused.bias.requires_grad_(conv.weight.requires_grad)
     return fused
 
 
-def fold_bn(
-    weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm1d | nn.BatchNorm2d
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Kernel and bias of a linear map (conv or FC) followed by eval-mode BN, as one linear map."""
-    with torch.no_grad():
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        base = bias if bias is not None else torch.zeros_like(bn.running_mean)
-        new_weight = weight * scale.reshape(-1, *([1] * (weight.dim() - 1)))
-        new_bias = (base - bn.running_mean) * scale + bn.bias
-    return new_weight.detach(), new_bias.detach()
-
-
 def fuse_linear_bn(linear: nn.Linear, bn: nn.BatchNorm1d) -> nn.Linear:
-    """Return one Linear with bias equal to ``bn(linear(x))`` in eval mode."""
-    fused = nn.Linear(linear.in_features, linear.out_features, bias=True).to(
-        device=linear.weight.device, dtype=linear.weight.dtype
+    """Return one Linear with bias equal to ``bn(linear(x))`` in eval mode (``fuse_linear_bn_weights``)."""
+    fused = copy.deepcopy(linear)
+    fused.weight, fused.bias = fuse_linear_bn_weights(
+        linear.weight, linear.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
     )
-    weight, bias = fold_bn(linear.weight, linear.bias, bn)
-    with torch.no_grad():
-        fused.weight.copy_(weight)
-        fused.bias.copy_(bias)
+    fused.bias.requires_grad_(linear.weight.requires_grad)
     return fused
 
 
