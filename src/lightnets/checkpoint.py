@@ -7,14 +7,14 @@ the class names and the preprocessing, so ``lightnets eval`` and ``lightnets pre
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from lightnets.files import atomic_path, remove_stale_temporaries
 
 __all__ = [
     "CheckpointError",
@@ -36,37 +36,11 @@ class CheckpointError(ValueError):
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Write ``state`` to ``path`` so that ``path`` is always either the old file or the complete new one.
 
-    The bytes go to a temporary file in the same directory, are flushed and fsynced, and only then renamed
-    over ``path``. Any failure (a full disk, an interrupt) removes the temporary file and leaves ``path`` as it
+    Through :func:`lightnets.files.atomic_path`: any failure (a full disk, an interrupt) leaves ``path`` as it
     was; a SIGKILL can leave the temporary behind, which :func:`remove_stale_temporaries` clears.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    # Make the rename itself durable.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def remove_stale_temporaries(directory: str | Path) -> list[Path]:
-    """Delete the temporary files that a killed :func:`save_checkpoint` left in ``directory``; return them."""
-    removed = []
-    for path in Path(directory).glob(".*.pt.*.tmp"):
-        path.unlink(missing_ok=True)
-        removed.append(path)
-    return removed
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(state, handle)
 
 
 def _informative_line(error: BaseException) -> str:

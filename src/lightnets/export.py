@@ -15,12 +15,8 @@ from __future__ import annotations
 import copy
 import importlib
 import json
-import os
-import tempfile
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +24,7 @@ import torch
 from torch import nn
 
 from lightnets.checkpoint import weights_fit_report
+from lightnets.files import atomic_path
 
 __all__ = [
     "export_onnx",
@@ -51,20 +48,6 @@ def _require(module: str) -> Any:
         raise ImportError(
             f"{module.split('.')[0]} is needed for export but is not installed; run `pip install 'lightnets[export]'`"
         ) from None
-
-
-@contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path``, on failure it is removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _first_line(error: BaseException) -> str:
@@ -185,7 +168,7 @@ def export_onnx(
                 f"{_model_label(model)} does not run on a {tuple(example.shape)} input ({_first_line(error)}); "
                 "pick an input_size the model supports"
             ) from None
-        with _atomic_path(path) as tmp:
+        with atomic_path(path) as tmp:
             start = time.perf_counter()
             failures = []
             for exporter_name, exporter in _EXPORTERS:
@@ -355,9 +338,9 @@ def export_safetensors(
         "lightnets_version": __version__,
     }
     tensors = _tensors_for_saving(model)
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         safetensors_torch.save_file(tensors, str(tmp), metadata=metadata)
-    with _atomic_path(sidecar_path(path)) as tmp:
+    with atomic_path(sidecar_path(path)) as tmp:
         tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
     return path
 

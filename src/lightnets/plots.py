@@ -12,8 +12,6 @@ a run killed mid-save leaves either the previous PNG or the complete new one, ne
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,8 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from lightnets.files import atomic_path
 
 __all__ = ["confusion_matrix", "plot_confusion", "plot_curves", "plot_predictions"]
 
@@ -43,19 +43,10 @@ def _new_figure(width: float, height: float) -> Figure:
 
 def _save(figure: Figure, path: str | Path) -> None:
     """Write ``figure`` as PNG atomically, then drop its artists so the memory goes with it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
             # The temporary suffix is not .png, so the format must be given explicitly.
             figure.savefig(handle, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
-        # mkstemp creates files readable by the owner only; a figure is meant to be looked at by others.
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
     finally:
         figure.clear()
 

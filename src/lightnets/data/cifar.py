@@ -11,10 +11,8 @@ from __future__ import annotations
 import hashlib
 import http.client
 import io
-import os
 import pickle
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -25,6 +23,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from lightnets.files import atomic_path
 
 __all__ = [
     "CIFAR10_MEAN",
@@ -304,12 +304,9 @@ def _resolve(path: Path, info: CifarSource) -> Path:
 def _download(info: CifarSource, root: Path) -> Path:
     """Fetch the official archive into ``root`` via a temporary file, checking its md5 before it takes the name."""
     target = root / info.archive
-    root.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{info.archive}.", suffix=".part", dir=root)
-    temp = Path(temp_name)
-    try:
+    with atomic_path(target) as temp:
         digest = hashlib.md5()
-        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(info.url, timeout=60) as response:
+        with open(temp, "wb") as out, urllib.request.urlopen(info.url, timeout=60) as response:
             while chunk := response.read(1 << 20):
                 digest.update(chunk)
                 out.write(chunk)
@@ -317,9 +314,6 @@ def _download(info: CifarSource, root: Path) -> Path:
             raise ValueError(
                 f"downloaded {info.url} has md5 {digest.hexdigest()}, expected {info.md5}; fetch it by hand to {target}"
             )
-        os.replace(temp, target)
-    finally:
-        temp.unlink(missing_ok=True)
     return target
 
 
