@@ -23,8 +23,8 @@ from torch import nn
 
 from lightnets.benchmarking import device_name
 from lightnets.models import create_model
+from lightnets.optim import parameter_groups
 from lightnets.runtime import describe_cpu_features
-from lightnets.training import parameter_groups
 
 MODELS = {
     32: [

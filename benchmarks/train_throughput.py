@@ -26,8 +26,9 @@ from torch import nn
 from torchvision import transforms
 
 from lightnets.data import load_dataset
+from lightnets.data.batches import Preprocess, tensor_batches
 from lightnets.models import create_model
-from lightnets.training import Preprocess, parameter_groups, tensor_batches
+from lightnets.optim import parameter_groups
 
 
 class PilCifar(torch.utils.data.Dataset):

@@ -6,12 +6,15 @@ import torch
 import yaml
 from PIL import Image
 
+import lightnets.runtime as runtime
 import lightnets.training as training
 from lightnets.cli import main
-from lightnets.data import AugmentSpec, batch_augmentation, load_dataset
+from lightnets.config import TrainConfig, validate_config
+from lightnets.data import AugmentSpec, TensorSplit, batch_augmentation, load_dataset
 from lightnets.data.augment import color_jitter, cutout, random_erasing
+from lightnets.data.batches import tensor_batches
 from lightnets.data.folder import SeededSamples, train_transform
-from lightnets.training import TrainConfig, tensor_batches, validate_config
+from lightnets.runtime import default_amp
 
 from .conftest import shared_file, subset_config
 
@@ -71,7 +74,7 @@ def test_batch_augmentation_is_none_by_default_and_refuses_per_image_policies():
 
 
 def test_augmented_cifar_batches_resume_at_any_step():
-    split = training.TensorSplit(batch(size=32).repeat(4, 1, 1, 1), torch.arange(64) % 10)
+    split = TensorSplit(batch(size=32).repeat(4, 1, 1, 1), torch.arange(64) % 10)
     augment = batch_augmentation(AugmentSpec("colorjitter", random_erasing=0.5, cutout=8), MEAN, STD)
     full = list(tensor_batches(split, 16, train=True, seed=5, epoch=2, augment=augment))
     later = list(tensor_batches(split, 16, train=True, seed=5, epoch=2, start_step=2, augment=augment))
@@ -127,11 +130,11 @@ def test_folder_dataset_takes_the_policy(tmp_path):
 
 
 def test_amp_default_follows_native_bf16(monkeypatch, tmp_path):
-    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: True)
-    assert training.default_amp(torch.device("cpu")) is True
-    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: False)
-    assert training.default_amp(torch.device("cpu")) is False
-    assert training.default_amp(torch.device("cuda")) is True
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    assert default_amp(torch.device("cpu")) is True
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    assert default_amp(torch.device("cpu")) is False
+    assert default_amp(torch.device("cuda")) is True
     # bf16 autocast runs on any CPU (emulated where it is not native): a short run trains and evaluates.
     result = training.train(
         subset_config(

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from lightnets.benchmarking import ROW_KEYS, BenchSettings, bench_models, operator_study
+from lightnets.benchmarking import ROW_KEYS, BenchSettings, bench_models
 from lightnets.cli import main
+from lightnets.operator_study import operator_study
 from lightnets.report import family_of, write_report
 
 

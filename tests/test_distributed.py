@@ -20,9 +20,9 @@ import yaml
 
 from lightnets.checkpoint import build_model_from_checkpoint, load_checkpoint
 from lightnets.data import TensorSplit
+from lightnets.data.batches import _batch_indices, tensor_batches
 from lightnets.distributed import ControlChannel, DistContext, init_distributed
 from lightnets.evaluation import run_eval
-from lightnets.training import _batch_indices, tensor_batches
 
 from .conftest import shared_file
 
@@ -278,7 +278,8 @@ def test_batch_that_does_not_split_over_the_ranks_is_refused(tmp_path):
 
 
 def test_sync_bn_on_cpu_is_refused_before_any_work(tmp_path):
-    from lightnets.training import TrainConfig, train
+    from lightnets.config import TrainConfig
+    from lightnets.training import train
 
     config = TrainConfig(model=MODEL, data=f"cifar10:{shared_file(SUBSET)}", device="cpu", sync_bn=True)
     with pytest.raises(ValueError, match="--sync-bn needs CUDA"):

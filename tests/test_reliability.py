@@ -6,6 +6,7 @@ copied into tmp_path), so the whole file stays fast; ../shared/data is only ever
 
 from __future__ import annotations
 
+import csv
 import errno
 import hashlib
 import io
@@ -26,6 +27,7 @@ import pytest
 import torch
 import yaml
 
+import lightnets.rundir as rundir
 import lightnets.training as training
 from lightnets.checkpoint import (
     CheckpointError,
@@ -35,18 +37,13 @@ from lightnets.checkpoint import (
     save_checkpoint,
 )
 from lightnets.cli import main
+from lightnets.config import TrainConfig, load_run_config
 from lightnets.data import ImageFolderSplit, TensorSplit, load_dataset, train_transform
+from lightnets.data.batches import loader_batches, tensor_batches
 from lightnets.models import create_model
-from lightnets.training import (
-    NonFiniteLossError,
-    TrainConfig,
-    TrainingError,
-    TrainingInterrupted,
-    load_run_config,
-    loader_batches,
-    tensor_batches,
-    train,
-)
+from lightnets.optim import warmup_cosine
+from lightnets.runtime import NonFiniteLossError, TrainingError, TrainingInterrupted
+from lightnets.training import train
 
 from .conftest import shared_file, subset_config
 
@@ -75,7 +72,7 @@ def cli_args(config: TrainConfig) -> list[str]:
 
 def kill_after_steps(monkeypatch: pytest.MonkeyPatch, count: int | None) -> None:
     """Make the next run die (as if SIGKILLed) right after its ``count``-th step in this process."""
-    original = training._Trainer._step
+    original = training.train_step
     calls = {"n": 0}
 
     def step(self, *args, **kwargs):
@@ -84,7 +81,7 @@ def kill_after_steps(monkeypatch: pytest.MonkeyPatch, count: int | None) -> None
         if calls["n"] == count:
             raise Killed
 
-    monkeypatch.setattr(training._Trainer, "_step", step)
+    monkeypatch.setattr(training, "train_step", step)
 
 
 def assert_bitwise_equal(expected: dict, actual: dict) -> None:
@@ -221,7 +218,7 @@ def test_sigkilled_subprocess_resumes_bitwise_equal(tmp_path, reference) -> None
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_finishes_the_step_saves_and_says_how_to_resume(tmp_path, monkeypatch, capsys, signum, code) -> None:
-    original = training._Trainer._step
+    original = training.train_step
     steps = {"n": 0}
 
     def step_then_signal(self, *args, **kwargs):
@@ -230,7 +227,7 @@ def test_signal_finishes_the_step_saves_and_says_how_to_resume(tmp_path, monkeyp
             os.kill(os.getpid(), signum)  # arrives mid-step: the step must still complete
         original(self, *args, **kwargs)
 
-    monkeypatch.setattr(training._Trainer, "_step", step_then_signal)
+    monkeypatch.setattr(training, "train_step", step_then_signal)
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     config = tiny(tmp_path, checkpoint_every=0)
     assert main(cli_args(config)) == code
@@ -244,13 +241,13 @@ def test_signal_finishes_the_step_saves_and_says_how_to_resume(tmp_path, monkeyp
 
 
 def test_train_raises_training_interrupted_for_library_callers(tmp_path, monkeypatch) -> None:
-    original = training._Trainer._step
+    original = training.train_step
 
     def step_then_signal(self, *args, **kwargs):
         original(self, *args, **kwargs)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(training._Trainer, "_step", step_then_signal)
+    monkeypatch.setattr(training, "train_step", step_then_signal)
     with pytest.raises(TrainingInterrupted) as caught:
         train(tiny(tmp_path))
     assert caught.value.exit_code == 143 and "--resume" in str(caught.value)
@@ -346,7 +343,7 @@ def test_folder_layout_errors_come_before_training(tmp_path, capsys, monkeypatch
     root = photo_tree(tmp_path, layout)
     if rename:
         (root / rename).rename(root / rename.replace("bees", "wasps"))
-    monkeypatch.setattr(training._Trainer, "run", lambda self: pytest.fail("training started"))
+    monkeypatch.setattr(training, "train_one_epoch", lambda *args: pytest.fail("training started"))
     assert main(folder_args(root, tmp_path / "run", "--workers", "0")) == 2
     assert expected in one_line_error(capsys)
     assert not (tmp_path / "run").exists()
@@ -489,7 +486,7 @@ def test_resume_of_a_run_whose_args_name_another_model(tmp_path, capsys, monkeyp
 def test_resume_on_data_with_another_number_of_classes(tmp_path, capsys, monkeypatch, good_checkpoint) -> None:
     root = photo_tree(tmp_path, {"train": {"ants": 2, "bees": 2}, "val": {"ants": 1, "bees": 1}})
     fake_run(tmp_path / "run", MODEL, good_checkpoint, f"folder:{root}")
-    monkeypatch.setattr(training._Trainer, "_restore", lambda self, state: pytest.fail("weights were loaded"))
+    monkeypatch.setattr(training, "restore_state", lambda *args: pytest.fail("weights were loaded"))
     assert main(["train", "--resume", str(tmp_path / "run")]) == 2
     assert "trained on 10 classes but --data folder:" in one_line_error(capsys)
 
@@ -539,7 +536,10 @@ def test_nan_skip_skips_the_update_and_counts_it(tmp_path, monkeypatch) -> None:
     state = load_checkpoint(result.run_dir / "last.pt")
     assert all(torch.isfinite(t).all() for t in state["train_model"].values() if t.is_floating_point())
     assert np.isfinite(result.history[0]["train_loss"])  # the skipped step's loss is not in the epoch's mean
-    assert state["scheduler"]["last_epoch"] == 4  # the schedule still follows the position in the run
+    # The schedule still follows the position in the run: the step after the skipped one has its own lr.
+    with open(result.run_dir / "steps.csv") as handle:
+        lrs = [float(row["lr"]) for row in csv.DictReader(handle)]
+    assert lrs == pytest.approx([0.1 * 8 / 256 * warmup_cosine(4, 4)(step) for step in range(4)], rel=1e-5)
 
 
 def test_nan_skip_leaves_the_weights_as_if_the_batch_had_not_been_there(tmp_path, monkeypatch) -> None:
@@ -567,7 +567,7 @@ def test_unwritable_output_directory_fails_before_loading_data(tmp_path, capsys,
     def denied(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(training.tempfile, "mkstemp", denied)
+    monkeypatch.setattr(rundir.tempfile, "mkstemp", denied)
     assert main(cli_args(tiny(tmp_path))) == 2
     assert "Permission denied" in one_line_error(capsys)
     assert not (tmp_path / "run").exists()
@@ -575,7 +575,7 @@ def test_unwritable_output_directory_fails_before_loading_data(tmp_path, capsys,
 
 def test_full_disk_is_refused_before_training(tmp_path, capsys, monkeypatch) -> None:
     no_data_loading(monkeypatch)
-    monkeypatch.setattr(training.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 4096))
+    monkeypatch.setattr(rundir.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 4096))
     assert main(cli_args(tiny(tmp_path))) == 2
     err = one_line_error(capsys)
     assert "not enough free space" in err and "MB free" in err

@@ -12,7 +12,10 @@ from PIL import Image
 import lightnets.training as training
 from lightnets.checkpoint import load_checkpoint
 from lightnets.cli import main
-from lightnets.training import TrainConfig, parameter_groups, train, warmup_cosine
+from lightnets.config import TrainConfig
+from lightnets.optim import parameter_groups, warmup_cosine
+from lightnets.rundir import SUMMARY_COLUMNS
+from lightnets.training import train
 
 from .conftest import shared_file, subset_config
 
@@ -108,7 +111,7 @@ def test_cli_cifar_end_to_end(tmp_path, capsys):
     assert settings["batch_size"] == 32 and settings["seed"] == 3 and settings["lr"] == pytest.approx(0.1 * 32 / 256)
     with open(run / "summary.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == training.SUMMARY_COLUMNS and len(rows) == 1
+    assert list(rows[0]) == SUMMARY_COLUMNS and len(rows) == 1
     results = json.loads((run / "results.json").read_text())
     assert results["best_selected_on"] == "test" and "test set" in results["warning"]
 

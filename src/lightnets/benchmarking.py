@@ -12,9 +12,7 @@ import contextlib
 import csv
 import ctypes
 import json
-import math
 import os
-import platform
 import tempfile
 import threading
 import time
@@ -28,7 +26,10 @@ from torch import nn
 from torch.utils import benchmark as torch_benchmark
 
 from lightnets.complexity import count_macs, count_params
+from lightnets.files import atomic_path, atomic_write
 from lightnets.models import create_model, reparameterize_model
+from lightnets.runtime import device_name
+from lightnets.tables import format_table
 
 __all__ = [
     "BenchSettings",
@@ -36,7 +37,7 @@ __all__ = [
     "device_name",
     "interleaved_latencies",
     "make_runner",
-    "operator_study",
+    "print_bench_rows",
     "write_rows",
 ]
 
@@ -131,20 +132,6 @@ class PeakMemory:
             self._stop.set()
             sampler.join()
         return max(0, peak[0] - base) / 2**20
-
-
-def device_name(device: str | torch.device = "cpu") -> str:
-    """What a figure was measured on: the GPU's name, or the CPU model as the OS reports it."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _release_freed_memory() -> None:
@@ -328,78 +315,40 @@ def interleaved_latencies(
     return medians
 
 
-# --------------------------------------------------------------------------------------------- operator study
-
-
-def _equal_mac_channels(base: int, groups: int) -> int:
-    """Channels C with 9*C*C/g == 9*base*base (same MACs as the dense conv), rounded to a multiple of g."""
-    exact = base * math.sqrt(groups)
-    return max(groups, round(exact / groups) * groups)
-
-
-def operator_study(
-    *,
-    base_channels: int = 64,
-    resolution: int = 56,
-    batch_size: int = 1,
-    device: str = "cpu",
-    threads: int | None = None,
-    min_run_time: float = 0.5,
-    log: Callable[[str], None] = print,
-) -> list[dict[str, Any]]:
-    """GMAC/s of 3x3 convs at equal MACs (dense, grouped g=2..32, depthwise) and of 1x1 dense vs grouped."""
-    threads = threads or torch.get_num_threads()
-    torch.set_num_threads(threads)
-    device_ = torch.device(device)
-    cases: list[tuple[str, int, int, int]] = [("conv3x3", 3, base_channels, 1)]
-    cases += [("conv3x3", 3, _equal_mac_channels(base_channels, g), g) for g in (2, 4, 8, 16, 32)]
-    # Depthwise: 9*C*HW MACs equals the dense 9*C0^2*HW when C = C0^2.
-    cases.append(("conv3x3", 3, base_channels * base_channels, base_channels * base_channels))
-    cases += [("conv1x1", 1, base_channels * 2, 1)]
-    cases += [("conv1x1", 1, _equal_mac_channels(base_channels * 2, g), g) for g in (2, 4, 8)]
-    rows = []
-    for op, kernel, channels, groups in cases:
-        conv = nn.Conv2d(channels, channels, kernel, padding=kernel // 2, groups=groups, bias=False).to(device_).eval()
-        x = torch.randn(batch_size, channels, resolution, resolution, device=device_)
-        macs = kernel * kernel * channels * (channels // groups) * resolution * resolution
-        call = _synchronised(lambda conv=conv, x=x: conv(x), device_)
-        with torch.inference_mode():
-            measurement = _time(call, threads, min_run_time, 3, op)
-        kind = "dense" if groups == 1 else "depthwise" if groups == channels else f"grouped g={groups}"
-        row = {
-            "op": op,
-            "kind": kind,
-            "groups": groups,
-            "channels": channels,
-            "resolution": resolution,
-            "batch_size": batch_size,
-            "macs": macs,
-            "latency_ms_median": 1e3 * measurement.median,
-            "latency_ms_iqr": 1e3 * measurement.iqr,
-            "gmacs_per_s": batch_size * macs / measurement.median / 1e9,
-            "device": device,
-            "threads": threads,
-        }
-        rows.append(row)
-        log(
-            f"{op} {kind:15s} C={channels:5d} @ {resolution}x{resolution}: {row['macs'] / 1e6:7.1f} MMACs "
-            f"{row['latency_ms_median']:8.3f} ms  {row['gmacs_per_s']:7.2f} GMAC/s"
-        )
-    return rows
-
-
 # --------------------------------------------------------------------------------------------- output
 
 
 def write_rows(rows: Sequence[dict[str, Any]], path: str | Path) -> tuple[Path, Path]:
     """Write ``rows`` as a JSON list to ``path`` and as CSV beside it (same stem)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(list(rows), indent=2) + "\n")
+    atomic_write(path, json.dumps(list(rows), indent=2) + "\n")
     csv_path = path.with_suffix(".csv")
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    with open(csv_path, "w", newline="") as handle:
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
     return path, csv_path
+
+
+def print_bench_rows(rows: Sequence[dict[str, Any]], markdown: bool = False) -> None:
+    headers = ["model", "backend", "batch", "input", "params (M)", "MACs (M)", "median ms", "IQR ms", "img/s"]
+    headers += ["GMAC/s", "peak MB", "compile s"]
+    table = [
+        [
+            r["model"],
+            r["backend"],
+            r["batch_size"],
+            r["input_size"],
+            f"{r['params'] / 1e6:.3f}",
+            f"{r['macs'] / 1e6:.1f}",
+            f"{r['latency_ms_median']:.2f}",
+            f"{r['latency_ms_iqr']:.2f}",
+            f"{r['images_per_s']:.1f}",
+            f"{r['gmacs_per_s']:.2f}",
+            f"{r['peak_memory_mb']:.1f}",
+            "" if r["compile_s"] is None else f"{r['compile_s']:.1f}",
+        ]
+        for r in rows
+    ]
+    print(format_table(headers, table, markdown=markdown))

@@ -11,108 +11,31 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from lightnets.config import flag
 
 __all__ = ["main"]
 
 
-def _model_names(pattern: str) -> list[str]:
-    """Registered names matching the comma-separated patterns; ``tv:``/``timm:`` entries pass through."""
-    from lightnets.models import list_models
-    from lightnets.models.registry import BASELINE_PREFIXES
-
-    names: list[str] = []
-    for part in (p.strip() for p in pattern.split(",")):
-        if not part:
-            continue
-        if part.startswith(BASELINE_PREFIXES):
-            names.append(part)
-            continue
-        matches = list_models(part)
-        if not matches:
-            from lightnets.models.registry import unknown_model_error
-
-            raise unknown_model_error(part)
-        names.extend(m for m in matches if m not in names)
-    return names
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]], markdown: bool = False) -> str:
-    cells = [[str(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    numeric = [all(_is_number(r[i]) for r in cells) and bool(cells) for i in range(len(headers))]
-
-    def line(values: Sequence[str]) -> str:
-        padded = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]
-        return "| " + " | ".join(padded) + " |" if markdown else "  ".join(padded).rstrip()
-
-    separator = (
-        "|" + "|".join(("-" * (w + 1) + ":") if num else "-" * (w + 2) for w, num in zip(widths, numeric)) + "|"
-        if markdown
-        else "  ".join("-" * w for w in widths)
-    )
-    return "\n".join([line(headers), separator, *(line(r) for r in cells)])
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 def cmd_models(args: argparse.Namespace) -> int:
-    from lightnets import complexity, create_model
+    from lightnets.complexity import print_model_table
+    from lightnets.models.registry import expand_model_names
 
-    headers = ["model", "input", "params (M)", "deploy params (M)", "MACs (M)", "deploy MACs (M)"]
-    names = _model_names(args.pattern)
-    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
-    # Plain tables stream a row per model (the big ParNets take seconds each on a small CPU), so the
-    # widths are fixed up front: names are known, numbers fit under their headers.
-    widths = [max(len(headers[0]), *map(len, names)), *map(len, headers[1:])]
-    if not args.markdown:
-        print("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths))))
-        print("  ".join("-" * w for w in widths))
-    rows = []
-    for name in names:
-        stats = complexity(create_model(name, **kwargs), args.input_size)
-        row = [
-            name,
-            str(stats.input_size),
-            f"{stats.params / 1e6:.3f}",
-            f"{stats.deploy_params / 1e6:.3f}",
-            f"{stats.macs / 1e6:.1f}",
-            f"{stats.deploy_macs / 1e6:.1f}",
-        ]
-        rows.append(row)
-        if not args.markdown:
-            print(
-                "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths))), flush=True
-            )
-    if args.markdown:
-        print(format_table(headers, rows, markdown=True))
+    print_model_table(expand_model_names(args.pattern), args.input_size, args.num_classes, args.markdown)
     return 0
 
 
-def _yaml_value(text: str):
+def _model_kwargs(items: list[str] | None) -> dict[str, Any]:
     import yaml
 
-    return yaml.safe_load(text)
-
-
-def _train_config_from_args(args: argparse.Namespace):
-    from lightnets.training import TrainConfig
-
-    names = {f for f in TrainConfig.__dataclass_fields__ if f != "model_kwargs"}
-    values = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
-    model_kwargs = dict(args.model_kwargs or {})
-    for item in args.model_arg or []:
+    kwargs = {}
+    for item in items or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--model-arg expects KEY=VALUE, got {item!r}")
-        model_kwargs[key] = _yaml_value(value)
-    values["model_kwargs"] = model_kwargs
-    return TrainConfig.from_dict(values)
+        kwargs[key] = yaml.safe_load(value)
+    return kwargs
 
 
 def _without_nproc(argv: Sequence[str]) -> list[str]:
@@ -133,8 +56,10 @@ def _torchrun_rank() -> str | None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from lightnets.training import TrainConfig, load_run_config, train
+    from lightnets.config import TrainConfig, config_from_values, load_config_file, load_run_config
+    from lightnets.training import train
 
+    settings = {name: getattr(args, name) for name in TrainConfig.__dataclass_fields__ if name != "model_kwargs"}
     if args.nproc is not None:
         _require(args.nproc, "--nproc", 1)
         if _torchrun_rank() is not None:
@@ -145,23 +70,25 @@ def cmd_train(args: argparse.Namespace) -> int:
             launch_torchrun(args.nproc, _without_nproc(args.argv))
     if args.resume:
         # A resumed run must be the run that was started; a flag that changed it would break exact resume.
-        given = [n for n in TrainConfig.__dataclass_fields__ if n != "quiet" and getattr(args, n, None) is not None]
+        given = [name for name, value in settings.items() if name != "quiet" and value is not None]
         given += ["model_arg"] * bool(args.model_arg) + ["config"] * bool(args.config)
         if given:
-            flags = ", ".join("--" + name.replace("_", "-") for name in given)
-            raise ValueError(f"--resume takes every setting from {args.resume}/args.yaml; drop {flags}")
+            raise ValueError(
+                f"--resume takes every setting from {args.resume}/args.yaml; drop {', '.join(map(flag, given))}"
+            )
         config = load_run_config(args.resume)
-        if args.quiet:
-            config.quiet = True
+        config.quiet = bool(args.quiet) or config.quiet
         train(config, resume=args.resume)
-    else:
-        train(_train_config_from_args(args))
+        return 0
+    base = load_config_file(args.config) if args.config else {}
+    model_kwargs = {**base.get("model_kwargs", {}), **_model_kwargs(args.model_arg)}
+    train(config_from_values({**settings, "model_kwargs": model_kwargs}, base))
     return 0
 
 
-def _require(value: int, flag: str, minimum: int) -> None:
+def _require(value: int, option: str, minimum: int) -> None:
     if value < minimum:
-        raise ValueError(f"invalid {flag} {value}: expected an integer >= {minimum}")
+        raise ValueError(f"invalid {option} {value}: expected an integer >= {minimum}")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -182,90 +109,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
+    from lightnets.config import add_config_arguments
+
     train = sub.add_parser(
         "train",
         help="train a model on CIFAR-10/100 or a class-folder dataset",
         description="Train with the recipe: SGD + Nesterov, lr 0.1 per 256 images, cosine after warmup, "
-        "wd 5e-4 (not on BN/bias), label smoothing 0.1. Every flag can also come from --config FILE.yaml.",
+        "wd 5e-4 (not on BN/bias), label smoothing 0.1. Every setting can also come from --config FILE.yaml.",
     )
     add = train.add_argument
     add("--config", type=Path, help="YAML file of settings (keys as the flags, with underscores); flags override")
     add("--resume", metavar="RUN_DIR", help="continue a run from its last.pt; its args.yaml supplies every setting")
-    add("--model", help="registered name, tv:NAME or timm:NAME (default spgnet_s2p6_cifar)")
-    add("--data", help="cifar10, cifar100, cifar10:PATH (archive or folder), folder:PATH")
-    add("--data-root", dest="data_root", help="where cifar archives are looked for (env LIGHTNETS_DATA, ./data)")
-    add("--epochs", type=int)
-    add("--batch-size", dest="batch_size", type=int, help="global batch (default 256)")
-    add("--lr", type=float, help="learning rate (default: --lr-base x batch / 256)")
-    add("--lr-base", dest="lr_base", type=float, help="learning rate per 256 images (default 0.1)")
-    add("--min-lr", dest="min_lr", type=float, help="floor of the cosine schedule (default 0)")
-    add("--momentum", type=float)
-    add("--nesterov", action=argparse.BooleanOptionalAction, default=None)
-    add("--weight-decay", dest="weight_decay", type=float, help="on conv/linear weights only (default 5e-4)")
-    add("--label-smoothing", dest="label_smoothing", type=float, help="default 0.1")
-    add("--warmup-epochs", dest="warmup_epochs", type=float, help="linear warmup length (default 1)")
-    add(
-        "--amp",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="bf16 autocast (default: on for CUDA and for CPUs with native bf16, AVX512-BF16 or AMX, where it is "
-        "faster except for AsymmNet-Small)",
-    )
-    add("--amp-dtype", dest="amp_dtype", choices=["bfloat16", "float16"], help="float16 uses a GradScaler (CUDA)")
-    add("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=None)
-    add("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
-    add("--ema", action=argparse.BooleanOptionalAction, default=None, help="evaluate an EMA of the weights")
-    add("--ema-decay", dest="ema_decay", type=float)
-    add(
-        "--aug",
-        metavar="{none,colorjitter,randaugment,trivialaugment,autoaugment}",
-        help="augmentation added to crop + flip (default none); the last three need a folder dataset",
-    )
-    add("--aug-ops", dest="aug_ops", type=int, help="RandAugment: operations per image (default 2)")
-    add("--aug-magnitude", dest="aug_magnitude", type=int, help="RandAugment: magnitude 0-30 (default 9)")
-    add("--random-erasing", dest="random_erasing", type=float, metavar="P", help="erase a random box per image with P")
-    add("--cutout", type=int, metavar="N", help="set one NxN square per image to the mean (default 0: off)")
-    add("--seed", type=int)
-    add("--device", help="auto (cuda if present), cpu, cuda, cuda:N")
-    add("--workers", type=int, help="DataLoader workers for folder datasets (default 4)")
-    add("--input-size", dest="input_size", type=int, help="default: 32 for CIFAR, the model's size for folders")
-    add("--val-split", dest="val_split", type=float, help="held-out fraction of train (folders default 0.2)")
-    add("--out", help="run directory (default runs/MODEL-DATA-TIME)")
-    add("--quiet", action="store_true", default=None, help="no progress bars or per-epoch lines")
-    add("--log-every", dest="log_every", type=int, help="steps between progress-bar updates (host syncs)")
-    add("--max-steps-per-epoch", dest="max_steps_per_epoch", type=int, help="cap steps per epoch (smoke tests)")
-    add(
-        "--checkpoint-every",
-        dest="checkpoint_every",
-        type=int,
-        metavar="N",
-        help="also write last.pt every N steps, so a kill costs at most N steps (default 0: at epoch ends only)",
-    )
-    add(
-        "--deterministic",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="deterministic kernels: on CPU, killed-and-resumed runs end bitwise equal to uninterrupted ones",
-    )
-    add(
-        "--nan-policy",
-        dest="nan_policy",
-        metavar="{stop,skip}",
-        help="on a NaN/inf loss: stop (default; last.pt and best.pt stay the last good ones) or skip the update",
-    )
-    add(
-        "--strict",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="an unreadable or non-image file in a folder dataset is an error (default: skipped and counted)",
-    )
-    add(
-        "--sync-bn",
-        dest="sync_bn",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="under torchrun on CUDA: BN statistics over the global batch (SyncBatchNorm)",
-    )
+    add_config_arguments(train)
     add(
         "--nproc",
         type=int,
@@ -273,7 +128,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
         help="train with N processes on this machine: runs `torchrun --standalone --nproc-per-node N` for you",
     )
     add("--model-arg", dest="model_arg", action="append", metavar="KEY=VALUE", help="builder kwarg, repeatable")
-    train.set_defaults(func=cmd_train, model_kwargs=None)
+    train.set_defaults(func=cmd_train)
 
 
 def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
@@ -298,29 +153,6 @@ def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
     predict.set_defaults(func=cmd_predict)
 
 
-def _apply_config_file(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """Parse once to find ``--config``, take its YAML as defaults for the train parser, parse again."""
-    args = parser.parse_args(argv)
-    if getattr(args, "command", None) != "train" or not args.config:
-        return args
-    import yaml
-
-    if not args.config.is_file():
-        parser.error(f"--config {args.config} does not exist")
-    values = yaml.safe_load(args.config.read_text()) or {}
-    if not isinstance(values, dict):
-        parser.error(f"--config {args.config} must hold a mapping of settings")
-    from lightnets.training import TrainConfig
-
-    known = set(TrainConfig.__dataclass_fields__)
-    unknown = sorted(k for k in (key.replace("-", "_") for key in values) if k not in known)
-    if unknown:
-        parser.error(f"--config {args.config}: unknown setting(s) {', '.join(unknown)}")
-    train_parser = parser._subparsers._group_actions[0].choices["train"]
-    train_parser.set_defaults(**{key.replace("-", "_"): value for key, value in values.items()})
-    return parser.parse_args(argv)
-
-
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -332,20 +164,21 @@ def _int_list(text: str) -> list[int]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from lightnets.benchmarking import BenchSettings, bench_models, operator_study, write_rows
+    from lightnets.benchmarking import BenchSettings, bench_models, print_bench_rows, write_rows
+    from lightnets.models.registry import expand_model_names
 
     if args.ops:
+        from lightnets.operator_study import operator_study
+        from lightnets.report import plot_operator_study
+
         rows = operator_study(device=args.device, threads=args.threads, batch_size=args.batch_sizes[0])
         if args.out:
             json_path, csv_path = write_rows(rows, args.out)
-            from lightnets.report import plot_operator_study
-
-            plot_path = Path(args.out).with_suffix(".png")
-            plot_operator_study(rows, plot_path)
-            print(f"wrote {json_path}, {csv_path} and {plot_path}")
+            plot_operator_study(rows, Path(args.out).with_suffix(".png"))
+            print(f"wrote {json_path}, {csv_path} and {Path(args.out).with_suffix('.png')}")
         return 0
     settings = BenchSettings(
-        models=_model_names(args.models),
+        models=expand_model_names(args.models),
         input_size=args.input_size,
         batch_sizes=args.batch_sizes,
         device=args.device,
@@ -357,38 +190,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         min_run_time=args.min_run_time,
     )
     rows = bench_models(settings)
-    headers = [
-        "model",
-        "backend",
-        "batch",
-        "input",
-        "params (M)",
-        "MACs (M)",
-        "median ms",
-        "IQR ms",
-        "img/s",
-        "GMAC/s",
-        "peak MB",
-        "compile s",
-    ]
-    table = [
-        [
-            r["model"],
-            r["backend"],
-            r["batch_size"],
-            r["input_size"],
-            f"{r['params'] / 1e6:.3f}",
-            f"{r['macs'] / 1e6:.1f}",
-            f"{r['latency_ms_median']:.2f}",
-            f"{r['latency_ms_iqr']:.2f}",
-            f"{r['images_per_s']:.1f}",
-            f"{r['gmacs_per_s']:.2f}",
-            f"{r['peak_memory_mb']:.1f}",
-            "" if r["compile_s"] is None else f"{r['compile_s']:.1f}",
-        ]
-        for r in rows
-    ]
-    print(format_table(headers, table, markdown=args.markdown))
+    print_bench_rows(rows, markdown=args.markdown)
     if args.out:
         json_path, csv_path = write_rows(rows, args.out)
         print(f"wrote {json_path} and {csv_path}")
@@ -519,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = _apply_config_file(parser, argv)
+    args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     # Under torchrun every rank reports its own errors; say whose each one is.
     rank = _torchrun_rank()

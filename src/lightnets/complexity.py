@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lightnets.models.deploy import reparameterize_model
 
-__all__ = ["Complexity", "complexity", "count_macs", "count_params"]
+__all__ = ["Complexity", "complexity", "count_macs", "count_params", "print_model_table"]
 
 
 @dataclass(frozen=True)
@@ -54,3 +54,32 @@ def complexity(model: nn.Module, input_size: int | None = None) -> Complexity:
         deploy_params=count_params(deployed),
         deploy_macs=count_macs(deployed, input_size),
     )
+
+
+def print_model_table(names: list[str], input_size: int | None, num_classes: int | None, markdown: bool) -> None:
+    """``lightnets models``: input size, params and MACs of each model in both forms, one row per model."""
+    from lightnets.models import create_model
+    from lightnets.tables import format_table
+
+    headers = ["model", "input", "params (M)", "deploy params (M)", "MACs (M)", "deploy MACs (M)"]
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    # Plain tables stream a row per model (the big ParNets take seconds each on a small CPU), so the widths are
+    # fixed up front: names are known, numbers fit under their headers.
+    widths = [max(len(headers[0]), *map(len, names)), *map(len, headers[1:])]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths)))
+
+    if not markdown:
+        print(line(headers))
+        print("  ".join("-" * w for w in widths))
+    rows = []
+    for name in names:
+        stats = complexity(create_model(name, **kwargs), input_size)
+        row = [name, str(stats.input_size), f"{stats.params / 1e6:.3f}", f"{stats.deploy_params / 1e6:.3f}"]
+        row += [f"{stats.macs / 1e6:.1f}", f"{stats.deploy_macs / 1e6:.1f}"]
+        rows.append(row)
+        if not markdown:
+            print(line(row), flush=True)
+    if markdown:
+        print(format_table(headers, rows, markdown=True))

@@ -24,6 +24,7 @@ __all__ = [
     "DistContext",
     "all_reduce_sum",
     "broadcast_object",
+    "check_distributed",
     "init_distributed",
     "launch_torchrun",
     "shutdown_distributed",
@@ -83,6 +84,22 @@ def init_distributed(device: torch.device, timeout_minutes: float = 30.0) -> tup
             timeout=datetime.timedelta(minutes=timeout_minutes),
         )
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, owns_group=owns_group), device
+
+
+def check_distributed(batch_size: int, sync_bn: bool, device: torch.device, context: DistContext) -> None:
+    """Refuse settings a job of ``context.world_size`` processes cannot run, before any data is read."""
+    world = context.world_size
+    if batch_size % world:
+        multiple = max(world, round(batch_size / world) * world)
+        raise ValueError(
+            f"--batch-size {batch_size} is the global batch and must split evenly over {world} processes: "
+            f"use a multiple of {world}, e.g. {multiple}"
+        )
+    if sync_bn and device.type != "cuda":
+        raise ValueError(
+            "--sync-bn needs CUDA: PyTorch's SyncBatchNorm has no CPU kernel; drop it on CPU, where each process "
+            "normalises over its own share of the batch"
+        )
 
 
 def shutdown_distributed(context: DistContext) -> None:

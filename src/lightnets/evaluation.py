@@ -1,19 +1,120 @@
-"""``lightnets eval`` and ``lightnets predict``: a checkpoint is all they need besides the data."""
+"""Evaluation: :func:`evaluate` over any batches (the training loop's and ``lightnets eval``'s), and the ``eval``
+and ``predict`` commands, for which a checkpoint is all they need besides the data.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from lightnets.checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
 from lightnets.data import TensorSplit, eval_transform, load_dataset, load_image_rgb
-from lightnets.training import Preprocess, TrainConfig, batches, evaluate, resolve_device
+from lightnets.data.batches import Preprocess, batches
+from lightnets.distributed import DistContext, all_reduce_sum
+from lightnets.runtime import autocast_context, resolve_device
 
-__all__ = ["predict_images", "run_eval", "run_predict"]
+__all__ = ["EvalResult", "evaluate", "predict_images", "run_eval", "run_predict"]
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    top1: float
+    top5: float
+    confusion: torch.Tensor  # (C, C) int64, rows = true class
+    images_per_second: float
+    sample_images: torch.Tensor  # uint8, the first images, for the prediction grid
+    sample_labels: torch.Tensor
+    sample_predictions: torch.Tensor
+    sample_probabilities: torch.Tensor
+
+    @property
+    def per_class_accuracy(self) -> list[float]:
+        totals = self.confusion.sum(1).clamp(min=1)
+        return (100.0 * self.confusion.diag() / totals).tolist()
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    batch_iter: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    preprocess: Preprocess,
+    num_classes: int,
+    *,
+    amp: bool = False,
+    amp_dtype: torch.dtype = torch.bfloat16,
+    label_smoothing: float = 0.0,
+    keep: int = 32,
+    context: DistContext | None = None,
+) -> EvalResult:
+    """Loss, top-1/top-5 and confusion over all batches; one host sync at the end.
+
+    Under torchrun each rank evaluates its share and the sums are all-reduced, so every rank returns the
+    figures of the whole split; the sample images are this rank's first ones.
+    """
+    model.eval()
+    device = preprocess.mean.device
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct1 = torch.zeros((), device=device, dtype=torch.int64)
+    correct5 = torch.zeros((), device=device, dtype=torch.int64)
+    confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.int64)
+    count, samples = 0, []
+    topk = min(5, num_classes)
+    start = time.perf_counter()
+    for images, labels in batch_iter:
+        if labels.numel() == 0:  # every image of the batch was unreadable (and counted where it was read)
+            continue
+        with autocast_context(device, amp, amp_dtype):
+            logits = model(preprocess(images))
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, labels, label_smoothing=label_smoothing, reduction="sum")
+        top = logits.topk(topk, dim=1).indices
+        predictions = top[:, 0]
+        correct1 += (predictions == labels).sum()
+        correct5 += (top == labels[:, None]).any(1).sum()
+        confusion += torch.bincount(labels * num_classes + predictions, minlength=num_classes * num_classes)
+        count += labels.numel()
+        if sum(len(s[0]) for s in samples) < keep:
+            probabilities = logits.softmax(1).gather(1, predictions[:, None])[:, 0]
+            samples.append(
+                (images[:keep].cpu(), labels[:keep].cpu(), predictions[:keep].cpu(), probabilities[:keep].cpu())
+            )
+    if context is not None and context.enabled:
+        totals = torch.stack([loss_sum, correct1.double(), correct5.double(), loss_sum.new_tensor(count)])
+        all_reduce_sum(totals, context)
+        all_reduce_sum(confusion, context)
+        loss_sum, correct1, correct5, count = totals[0], totals[1], totals[2], int(totals[3].item())
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    if count == 0:
+        raise ValueError("evaluation saw no images: the evaluation split is empty")
+    if not samples:  # a rank whose share of a tiny split is empty
+        no_labels = torch.zeros(0, dtype=torch.int64)
+        samples = [(torch.zeros(0, 3, 1, 1, dtype=torch.uint8), no_labels, no_labels, torch.zeros(0))]
+    sample_images, sample_labels, sample_predictions, sample_probabilities = (
+        torch.cat([s[i] for s in samples])[:keep] for i in range(4)
+    )
+    return EvalResult(
+        loss=loss_sum.item() / count,
+        top1=100.0 * correct1.item() / count,
+        top5=100.0 * correct5.item() / count,
+        confusion=confusion.reshape(num_classes, num_classes).cpu(),
+        images_per_second=count / seconds,
+        sample_images=sample_images,
+        sample_labels=sample_labels,
+        sample_predictions=sample_predictions,
+        sample_probabilities=sample_probabilities,
+    )
 
 
 def _preprocess_for(state: dict[str, Any], device: torch.device) -> Preprocess:
@@ -39,11 +140,10 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     split = bundle.train if args.split == "train" else bundle.val
     if isinstance(split, TensorSplit):
         split = TensorSplit(split.images.to(device), split.labels.to(device))
-    config = TrainConfig(batch_size=args.batch_size, workers=args.workers)
     amp = bool(args.amp if args.amp is not None else device.type == "cuda")
     result = evaluate(
         model,
-        batches(split, config, device, train=False),
+        batches(split, args.batch_size, device, train=False, workers=args.workers),
         _preprocess_for(state, device),
         len(bundle.classes),
         amp=amp,

@@ -46,12 +46,18 @@ def atomic_path(path: str | Path, mode: int = 0o644) -> Iterator[Path]:
         raise OSError(error.errno, error.strerror, str(path)) from None
     tmp = Path(name)
     try:
-        yield tmp
-        _fsync(tmp)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except OSError as error:
-        raise OSError(error.errno, error.strerror, str(path)) from None
+        try:
+            yield tmp
+        except OSError as error:
+            if name not in (error.filename, error.filename2):  # the writer's own error (a download's, say)
+                raise
+            raise OSError(error.errno, error.strerror, str(path)) from None
+        try:
+            _fsync(tmp)
+            os.chmod(tmp, mode)
+            os.replace(tmp, path)
+        except OSError as error:
+            raise OSError(error.errno, error.strerror, str(path)) from None
     finally:
         tmp.unlink(missing_ok=True)
     _fsync(path.parent, directory=True)

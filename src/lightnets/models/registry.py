@@ -27,6 +27,25 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(name for name in _MODEL_BUILDERS if any(fnmatch.fnmatchcase(name, p) for p in patterns))
 
 
+def expand_model_names(pattern: str) -> list[str]:
+    """Registered names matching the comma-separated ``pattern``s, in order; ``tv:``/``timm:`` entries pass through.
+
+    A part that matches nothing is an error naming the closest registered names.
+    """
+    names: list[str] = []
+    for part in (p.strip() for p in pattern.split(",")):
+        if not part:
+            continue
+        if part.startswith(BASELINE_PREFIXES):
+            names.append(part)
+            continue
+        matches = list_models(part)
+        if not matches:
+            raise unknown_model_error(part)
+        names.extend(m for m in matches if m not in names)
+    return names
+
+
 def is_model(name: str) -> bool:
     return name in _MODEL_BUILDERS
 

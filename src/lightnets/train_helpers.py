@@ -1,0 +1,267 @@
+"""The small pieces the training loop calls: its fixed context, the epoch's sums, NaN checks, signal stops, progress.
+
+Each is a named step of :mod:`lightnets.training`'s loop, kept here so the loop itself reads top to bottom.
+Functions that all-reduce or gather are collectives: under torchrun every rank calls them at the same point.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightnets.config import TrainConfig
+from lightnets.data import BadImageLog, DataBundle
+from lightnets.data.batches import Preprocess, batches
+from lightnets.distributed import ControlChannel, DistContext, all_reduce_sum
+from lightnets.rundir import loss_and_norm
+from lightnets.runtime import NonFiniteLossError, StopSignals, TrainingInterrupted
+from lightnets.train_state import TrainState, rng_state, training_checkpoint
+
+__all__ = [
+    "EpochSums",
+    "Run",
+    "begin_sums",
+    "check_finite",
+    "checkpoint_now",
+    "epoch_row",
+    "interrupted",
+    "position",
+    "reduce_sums",
+    "run_batches",
+    "running_sums",
+    "show_progress",
+    "skipped_image_paths",
+    "stop_if_signalled",
+]
+
+
+@dataclass
+class Run:
+    """What stays fixed while a run trains: its settings, where it writes, its data, and how a step runs."""
+
+    config: TrainConfig
+    settings: dict[str, Any]  # the resolved settings of args.yaml
+    device: torch.device
+    context: DistContext
+    control: ControlChannel  # agrees on signals across ranks
+    run_dir: Path
+    bundle: DataBundle
+    train_split: Any
+    val_split: Any
+    preprocess: Preprocess
+    augment: Callable | None  # batched on-device augmentation of in-memory splits
+    step_fn: nn.Module  # the model as trained: DDP-wrapped and/or compiled
+    criterion: nn.Module
+    steps: int  # per epoch
+    lr_at: Callable[[int], float]  # of the global step
+    use_amp: bool
+    meta: dict[str, Any]  # what eval and predict need, in every checkpoint
+    bad_images: BadImageLog
+    say: Callable[..., None]
+    stop: StopSignals | None = None
+    last_saved: str = "none written yet"  # for error messages: which checkpoint on disk is still good
+
+    @property
+    def is_main(self) -> bool:
+        return self.context.is_main
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        return self.context.rank, self.context.world_size
+
+
+@dataclass
+class EpochSums:
+    """This rank's running sums of the epoch in progress (a mid-epoch checkpoint saves them summed over ranks)."""
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    step_loss: torch.Tensor  # (steps, 2): each step's loss and gradient norm, this rank's share
+    nonfinite: torch.Tensor  # (steps,) bool, set on the device: the NaN check costs no host sync until read
+    seen: int = 0
+    start: float = 0.0  # perf_counter at which the epoch would have started, counting earlier processes' time
+    skip_events_before: int = 0  # bad_images.events when the epoch started, in this process's count
+    seconds: float = 0.0  # training time, set at the epoch's end
+
+
+def run_batches(run: Run, epoch: int, train: bool, first_step: int = 0) -> Any:
+    """This rank's batches of the epoch: training from ``first_step`` on (augmented), or the held-out split."""
+    config = run.config
+    return batches(
+        run.train_split if train else run.val_split,
+        config.batch_size if train else config.batch_size // run.context.world_size,
+        run.device,
+        train=train,
+        seed=config.seed,
+        epoch=epoch,
+        workers=config.workers,
+        start_step=first_step,
+        num_steps=run.steps if train else None,
+        bad_images=run.bad_images,
+        shard=run.shard,
+        augment=run.augment if train else None,
+    )
+
+
+def begin_sums(run: Run, state: TrainState, first_step: int) -> EpochSums:
+    """Zero sums, or after a mid-epoch resume the job's saved ones (on rank 0; the others add to them from zero)."""
+    device = run.device
+    sums = EpochSums(
+        loss_sum=torch.zeros((), device=device),
+        correct=torch.zeros((), device=device, dtype=torch.int64),
+        step_loss=torch.zeros(run.steps, 2, device=device),
+        nonfinite=torch.zeros(run.steps, dtype=torch.bool, device=device),
+        start=time.perf_counter(),
+        skip_events_before=run.bad_images.events,
+    )
+    saved = state.running
+    if first_step and saved is not None:
+        sums.start -= saved["seconds"]
+        if run.is_main:
+            sums.loss_sum = saved["loss_sum"].to(device)
+            sums.correct = saved["correct"].to(device)
+            sums.seen = saved["seen"]
+            sums.skip_events_before -= saved["skip_events"]
+            if saved.get("step_losses") is not None:
+                losses = loss_and_norm(saved["step_losses"])
+                sums.step_loss[: len(losses)] = losses.to(device)
+    return sums
+
+
+def reduce_sums(run: Run, sums: EpochSums) -> tuple[float, float, int, int]:
+    """The epoch's loss sum, correct count, images seen and train-side skipped images, over all ranks."""
+    skip_events = run.bad_images.events - sums.skip_events_before
+    totals = torch.stack(
+        [
+            sums.loss_sum.double(),
+            sums.correct.double(),
+            sums.loss_sum.new_tensor(sums.seen, dtype=torch.float64),
+            sums.loss_sum.new_tensor(skip_events, dtype=torch.float64),
+        ]
+    )
+    loss_sum, correct, seen, skipped = all_reduce_sum(totals, run.context).tolist()
+    return loss_sum, correct, int(seen), int(skipped)
+
+
+def running_sums(run: Run, sums: EpochSums, done: int) -> dict[str, Any]:
+    """The epoch in progress, summed over ranks, for a mid-epoch checkpoint (a collective)."""
+    loss_sum, correct, seen, skip_events = reduce_sums(run, sums)
+    return {
+        "loss_sum": torch.tensor(loss_sum, dtype=torch.float32),
+        "correct": torch.tensor(int(correct), dtype=torch.int64),
+        "seen": seen,
+        "seconds": time.perf_counter() - sums.start,
+        "skip_events": skip_events,
+        "step_losses": all_reduce_sum(sums.step_loss[:done].clone(), run.context).cpu(),
+    }
+
+
+def epoch_row(run: Run, epoch: int, sums: EpochSums, result: Any) -> dict[str, Any]:
+    """The epoch's row of summary.csv, over all ranks (a collective), also printed as the epoch's line."""
+    loss_sum, correct, seen, _ = reduce_sums(run, sums)
+    skipped = torch.tensor(run.bad_images.events - sums.skip_events_before, device=run.device)  # train and eval
+    row = {
+        "epoch": epoch + 1,
+        "lr": run.lr_at((epoch + 1) * run.steps),  # where the schedule stands at the epoch's end
+        "train_loss": loss_sum / max(seen, 1),
+        "train_acc": 100.0 * correct / max(seen, 1),
+        "val_loss": result.loss,
+        "val_top1": result.top1,
+        "val_top5": result.top5,
+        "epoch_seconds": time.perf_counter() - sums.start,
+        "images_per_second": seen / max(sums.seconds, 1e-9),
+        "skipped_images": int(all_reduce_sum(skipped, run.context).item()),
+    }
+    run.say(
+        f"epoch {epoch + 1}: train loss {row['train_loss']:.3f} acc {row['train_acc']:.2f}% | "
+        f"{run.bundle.val_name} loss {row['val_loss']:.3f} top-1 {row['val_top1']:.2f}% "
+        f"top-5 {row['val_top5']:.2f}% | {row['images_per_second']:.0f} img/s, {row['epoch_seconds']:.1f} s"
+    )
+    return row
+
+
+def checkpoint_now(run: Run, state: TrainState) -> dict[str, Any]:
+    """last.pt at the state's position (a collective under torchrun: it gathers every rank's stream and files)."""
+    state.skipped_images = skipped_image_paths(run)
+    rng = rng_state(run.device)
+    per_rank = run.control.gather(rng) if run.context.enabled else None
+    return training_checkpoint(state, run.meta, rng, per_rank, torch.get_num_threads())
+
+
+def skipped_image_paths(run: Run) -> dict[str, Any]:
+    """The unreadable files every rank has met (each reads only its share of the images; a collective)."""
+    merged: dict[str, Any] = {}
+    for paths in run.control.gather(dict(run.bad_images.paths)):
+        merged.update(paths)  # type: ignore[arg-type]
+    return merged
+
+
+def _all_finite(tensors: Any) -> bool:
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors if t.is_floating_point()]).all())
+
+
+def check_finite(run: Run, epoch: int, nonfinite: torch.Tensor, upto: int, model: nn.Module | None = None) -> None:
+    """Under --nan-policy stop, raise if a step before ``upto`` had a non-finite loss (or, given ``model``, if its
+    weights are non-finite: a finite loss can still give infinite gradients)."""
+    if run.config.nan_policy != "stop":
+        return
+    flags = nonfinite[:upto]
+    if bool(flags.any()):
+        bad = int(flags.nonzero()[0, 0])
+        raise NonFiniteLossError(
+            f"non-finite loss at epoch {epoch + 1} step {bad + 1} (of {run.steps}); stopped without saving, so "
+            f"last.pt ({run.last_saved}) and best.pt are the last good checkpoints; lower --lr, or pass "
+            "--nan-policy skip to skip such steps"
+        )
+    if model is not None and not _all_finite(model.parameters()):
+        raise NonFiniteLossError(
+            f"the weights became non-finite by epoch {epoch + 1} step {upto} (of {run.steps}) with a finite loss; "
+            f"stopped without saving, so last.pt ({run.last_saved}) is the last good checkpoint"
+        )
+
+
+def interrupted(run: Run, where: str, signum: int) -> TrainingInterrupted:
+    """The error that ends a run stopped by a signal, after saying on rank 0 where it saved and how to resume."""
+    name = signal.Signals(signum).name
+    world = run.context.world_size
+    processes = f" --nproc {world} (or your torchrun command with --resume)" if run.context.enabled else ""
+    message = (
+        f"{name} received: stopped {where} and saved {run.run_dir / 'last.pt'}; "
+        f"continue with: lightnets train --resume {run.run_dir}{processes}"
+    )
+    if run.is_main:
+        print(message, file=sys.stderr, flush=True)
+    return TrainingInterrupted(signum, message)
+
+
+def stop_if_signalled(run: Run, where: str) -> None:
+    """Between epochs (and before the first step): stop, on every rank, if any rank got SIGINT or SIGTERM."""
+    signum = run.control.settle(run.stop.signum if run.stop is not None else None)
+    if signum is not None:
+        raise interrupted(run, where, signum)
+
+
+def show_progress(progress: Any, run: Run, sums: EpochSums, done: int) -> None:
+    # The only host sync in the loop, once every log_every steps. Loss and accuracy are this rank's share; the
+    # speed is the job's.
+    elapsed = time.perf_counter() - sums.start
+    progress.set_postfix(
+        loss=f"{sums.loss_sum.item() / max(sums.seen, 1):.3f}",
+        acc=f"{100 * sums.correct.item() / max(sums.seen, 1):.1f}",
+        img_s=f"{sums.seen * run.context.world_size / max(elapsed, 1e-9):.0f}",
+        refresh=False,  # the update below redraws once
+    )
+    progress.update(done - progress.n)
+
+
+def position(epoch: int, step: int) -> str:
+    """A checkpoint position (completed epochs, steps into the next) as a person counts it."""
+    return f"from the end of epoch {epoch}" if step == 0 else f"from epoch {epoch + 1} step {step}"
