@@ -27,7 +27,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightnets.checkpoint import weights_fit_report
+from lightnets.models._helpers import (
+    check_names,
+    load_weights,
+    model_label,
+    read_safetensors,
+    read_sidecar,
+    read_weights,
+    sidecar_path,
+    weights_fit_report,
+)
 
 __all__ = [
     "export_onnx",
@@ -182,7 +191,7 @@ def export_onnx(
                 source(example)
         except Exception as error:
             raise ValueError(
-                f"{_model_label(model)} does not run on a {tuple(example.shape)} input ({_first_line(error)}); "
+                f"{model_label(model)} does not run on a {tuple(example.shape)} input ({_first_line(error)}); "
                 "pick an input_size the model supports"
             ) from None
         with _atomic_path(path) as tmp:
@@ -195,7 +204,7 @@ def export_onnx(
                 except Exception as error:
                     failures.append(f"{exporter_name}: {_first_line(error)}")
             else:
-                raise ValueError(f"ONNX export of {_model_label(model)} failed ({'; '.join(failures)})")
+                raise ValueError(f"ONNX export of {model_label(model)} failed ({'; '.join(failures)})")
             result["exporter"] = exporter_name
             result["export_seconds"] = round(time.perf_counter() - start, 3)
             result["max_abs_diff"], result["max_rel_diff"] = {}, {}
@@ -205,7 +214,7 @@ def export_onnx(
                     onnx.checker.check_model(str(tmp))
                 except Exception as error:
                     raise ValueError(
-                        f"exported ONNX for {_model_label(model)} is invalid: {_first_line(error)}"
+                        f"exported ONNX for {model_label(model)} is invalid: {_first_line(error)}"
                     ) from None
                 _check_against_onnxruntime(source, tmp, path, channels, input_size, check_batch_sizes, rtol, result)
     finally:
@@ -253,20 +262,7 @@ def _check_against_onnxruntime(
             )
 
 
-def _model_label(model: nn.Module) -> str:
-    name = getattr(model, "model_name", None)
-    return repr(name) if name else type(model).__name__
-
-
 # -------------------------------------------------------------------------------------------- safetensors
-
-
-def sidecar_path(path: str | Path) -> Path:
-    """The JSON sidecar of a weights file: ``w.safetensors`` -> ``w.json``, any other ``w.ext`` -> ``w.ext.json``."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        return path.with_suffix(".json")
-    return path.with_name(path.name + ".json")
 
 
 def _jsonable(value: Any, where: str) -> Any:
@@ -362,53 +358,10 @@ def export_safetensors(
     return path
 
 
-def _read_sidecar(path: Path) -> dict[str, Any]:
-    side = sidecar_path(path)
-    if not path.is_file():
-        raise ValueError(f"weights file {path} does not exist")
-    if not side.is_file():
-        raise ValueError(
-            f"{path} has no sidecar {side.name}; it holds the model name and kwargs, so export with "
-            "lightnets.export.export_safetensors or load the weights into a built model with load_weights_into"
-        )
-    try:
-        sidecar = json.loads(side.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"sidecar {side} is not readable JSON: {_first_line(error)}") from None
-    if not isinstance(sidecar, dict) or not isinstance(sidecar.get("model_name"), str):
-        raise ValueError(f"sidecar {side} lacks a model_name; re-export with lightnets.export.export_safetensors")
-    if not isinstance(sidecar.get("model_kwargs", {}), dict):
-        raise ValueError(f"sidecar {side} has model_kwargs that are not a JSON object")
-    return sidecar
-
-
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    safetensors = _require("safetensors")
-    safetensors_torch = _require("safetensors.torch")
-    try:
-        with safetensors.safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        tensors = safetensors_torch.load_file(str(path))
-    except Exception as error:
-        raise ValueError(f"{path} is not a readable safetensors file: {_first_line(error)}") from None
-    return tensors, metadata
-
-
-def _check_names(path: Path, *names: tuple[str, str | None]) -> None:
-    """Every (where, name) pair that is set must name the same model."""
-    known = [(where, name) for where, name in names if name]
-    for where, name in known[1:]:
-        if name != known[0][1]:
-            raise ValueError(
-                f"{path}: {known[0][0]} says model {known[0][1]!r} but {where} says {name!r}; "
-                "use the weights with the model they were exported from"
-            )
-
-
 def _load_strict(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path, hint: str = "") -> None:
     problem = weights_fit_report(model, tensors)
     if problem:
-        raise ValueError(f"weights in {path} do not fit model {_model_label(model)}: {problem}{hint}")
+        raise ValueError(f"weights in {path} do not fit model {model_label(model)}: {problem}{hint}")
     model.load_state_dict(tensors, strict=True)
 
 
@@ -421,9 +374,9 @@ def load_safetensors_model(path: str | Path) -> nn.Module:
     from lightnets.models import create_model, reparameterize_model
 
     path = Path(path)
-    sidecar = _read_sidecar(path)
-    tensors, metadata = _read_safetensors(path)
-    _check_names(
+    sidecar = read_sidecar(path)
+    tensors, metadata = read_safetensors(path)
+    check_names(
         path,
         (f"sidecar {sidecar_path(path).name}", sidecar["model_name"]),
         ("its metadata", metadata.get("model_name")),
@@ -439,57 +392,14 @@ def load_safetensors_model(path: str | Path) -> nn.Module:
     return model.eval()
 
 
-def _is_safetensors(path: Path) -> bool:
-    if path.suffix == ".safetensors":
-        return True
-    if path.suffix in (".pt", ".pth") or not path.is_file():
-        return False
-    # A safetensors file starts with an 8-byte header length and then the JSON header itself.
-    with path.open("rb") as handle:
-        return handle.read(9)[8:] == b"{"
-
-
-def load_weights_into(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a ``.safetensors`` export or a lightnets ``.pt`` checkpoint (or run directory) into ``model``.
+def load_weights_into(model: nn.Module, path: str | Path, *, ema: bool = False) -> nn.Module:
+    """Load a ``.safetensors`` export, a lightnets ``.pt`` checkpoint (or run directory), or an authors'
+    checkpoint into ``model``.
 
     The file's model name must match ``model.model_name`` when that is set. Loading is strict. A deploy-form
     safetensors export into a training-form model returns the model's deploy form (a new module, eval mode);
     otherwise ``model`` itself is returned with its training flag unchanged. ``classes`` is attached when the
-    file has them.
+    file has them. An authors' file is converted by the ``checkpoint_filter_fn`` of the model's family, and
+    ``ema`` picks its EMA weights.
     """
-    from lightnets.models import reparameterize_model
-
-    path = Path(path)
-    expected = getattr(model, "model_name", None)
-    if _is_safetensors(path):
-        if not path.is_file():
-            raise ValueError(f"weights file {path} does not exist")
-        # Optional here: the model is already built, so the sidecar only serves to cross-check the name.
-        sidecar = _read_sidecar(path) if sidecar_path(path).is_file() else {}
-        tensors, metadata = _read_safetensors(path)
-        _check_names(
-            path,
-            ("the model", expected),
-            (f"sidecar {sidecar_path(path).name}", sidecar.get("model_name")),
-            ("its metadata", metadata.get("model_name")),
-        )
-        deploy = bool(sidecar.get("deploy", metadata.get("deploy") == "true"))
-        if deploy and weights_fit_report(model, tensors):
-            # The file is the deploy form and the model is not (yet): fold it first, then the keys agree.
-            model = reparameterize_model(model)
-        _load_strict(model, tensors, path)
-        classes = sidecar.get("classes")
-    else:
-        from lightnets.checkpoint import CheckpointError, load_checkpoint
-
-        state = load_checkpoint(path)
-        checkpoint_path = Path(state.get("path", path))
-        try:
-            _check_names(checkpoint_path, ("the model", expected), ("the checkpoint", state["model_name"]))
-            _load_strict(model, state["model"], checkpoint_path)
-        except ValueError as error:
-            raise CheckpointError(str(error)) from None
-        classes = state.get("classes")
-    if classes is not None:
-        model.classes = list(classes)
-    return model
+    return load_weights(model, read_weights(path, ema=ema))
