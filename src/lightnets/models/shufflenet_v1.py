@@ -4,12 +4,26 @@ X. Zhang, X. Zhou, M. Lin, J. Sun, "ShuffleNet: An Extremely Efficient Convoluti
 for Mobile Devices", CVPR 2018. https://arxiv.org/abs/1707.01083
 Authors' re-release: https://github.com/megvii-model/ShuffleNet-Series (ShuffleNetV1/)
 
-Follows the megvii release where the paper is silent: the bottleneck is a quarter of the unit's full
-output width (also in stride-2 units, whose branch only adds ``out - in`` channels), stage 2's first
-1x1 conv is not grouped, there is no ReLU after the depthwise conv, the classifier has no bias, and
-the max-pool after the stem pads by 1. Widths are Table 1's times the scale, each rounded to the
-nearest multiple of 4*groups (ties up); stems are 24 (1.0x, 1.5x), 48 (2.0x) and, at 0.5x and below,
-the smallest multiple of ``groups`` that is at least 12. This reproduces every released megvii model.
+Follows megvii's release, the only ShuffleNet v1 with public weights and the source of the accuracies usually
+quoted (68.0 % / 67.8 % top-1 for 1.0x g8 / g3). Where the paper is silent: the bottleneck is a quarter of the
+unit's full output width (also in stride-2 units, whose branch only adds ``out - in`` channels), stage 2's first
+1x1 conv is not grouped, there is no ReLU after the depthwise conv, the classifier has no bias, and the max-pool
+after the stem pads by 1. Widths are Table 1's times the scale, each rounded to the nearest multiple of
+4*groups (ties up); stems are 24 (1.0x, 1.5x), 48 (2.0x) and, at 0.5x and below, the smallest multiple of
+``groups`` that is at least 12. This reproduces every released megvii model.
+
+Channel shuffle, where megvii's code and the paper's text differ (``shuffle_order``):
+
+- ``"megvii"`` (default): after the depthwise conv and its BN, just before the grouped expand conv, viewing
+  the m bottleneck channels as (m/g, g) and transposing to (g, m/g). Outputs equal megvii's ``blocks.py``
+  for every released model (``benchmarks/authors_equivalence.py``).
+- ``"paper"``: right after the first grouped 1x1 conv, viewing the channels as (g, m/g) and transposing to
+  (m/g, g), as the paper's text describes. The permutation is the inverse of megvii's. For g = 3 and for
+  g = 8 at 2.0x the two orders are the same network up to a per-unit channel permutation; for g = 8 at 0.5x,
+  1.0x and 1.5x (m/g not a multiple of 8) they connect groups differently and are different networks.
+
+Either way the shuffle is a fixed permutation between two convs, so it stays as it is in the deploy form,
+between the folded depthwise conv and the folded expand conv, and exports to ONNX as a reshape-transpose.
 
 CIFAR form: a stride-1 3x3 stem and no max-pool; each stage still halves, so stages run at 16, 8, 4.
 
@@ -31,9 +45,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightnets.models.layers import (
+    ChannelShuffle,
     ClassifierModel,
     ConvBnAct,
-    channel_shuffle,
     global_pool,
     init_weights,
     zero_init_last_bn,
@@ -46,15 +60,28 @@ __all__ = ["ShuffleNetV1", "ShuffleUnit", "shufflenet_v1_widths"]
 STAGE2_CHANNELS = {1: 144, 2: 200, 3: 240, 4: 272, 8: 384}
 STAGE_REPEATS = (4, 8, 4)
 SCALES = {"x0_25": 0.25, "x0_5": 0.5, "x1_0": 1.0, "x1_5": 1.5, "x2_0": 2.0}
+SHUFFLE_ORDERS = ("megvii", "paper")
 
 
 class ShuffleUnit(nn.Module):
-    """Grouped 1x1 -> shuffle -> depthwise 3x3 -> grouped 1x1, with an identity or avg-pool shortcut."""
+    """Grouped 1x1 -> depthwise 3x3 -> shuffle -> grouped 1x1, with an identity or avg-pool shortcut.
+
+    ``shuffle_order="paper"`` moves the shuffle before the depthwise conv and inverts its permutation (see the
+    module docstring).
+    """
 
     def __init__(
-        self, in_channels: int, out_channels: int, stride: int, groups: int, group_first_conv: bool = True
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        groups: int,
+        group_first_conv: bool = True,
+        shuffle_order: str = "megvii",
     ) -> None:
         super().__init__()
+        if shuffle_order not in SHUFFLE_ORDERS:
+            raise ValueError(f"shuffle_order must be one of {SHUFFLE_ORDERS}, got {shuffle_order!r}")
         self.stride = stride
         self.groups = groups
         branch_out = out_channels - in_channels if stride == 2 else out_channels
@@ -63,6 +90,12 @@ class ShuffleUnit(nn.Module):
         self.conv_dw = ConvBnAct(bottleneck, bottleneck, 3, stride=stride, groups=bottleneck, act_layer=None)
         self.conv_expand = ConvBnAct(bottleneck, branch_out, 1, groups=groups, act_layer=None)
         self.act = nn.ReLU(inplace=True)
+        self.shuffle_before_dw = shuffle_order == "paper"
+        # channel_shuffle(x, n) views the channels as (n, m/n): n = g is the paper's order, and n = m/g views
+        # them as (m/g, g), megvii's, which is therefore the inverse permutation.
+        self.shuffle: nn.Module = nn.Identity()
+        if groups > 1:
+            self.shuffle = ChannelShuffle(groups if self.shuffle_before_dw else bottleneck // groups)
 
     def zero_init_last(self) -> None:
         # Only a unit with a residual add starts as the identity; a stride-2 unit's concatenated branch would
@@ -71,8 +104,13 @@ class ShuffleUnit(nn.Module):
             nn.init.zeros_(self.conv_expand.bn.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = channel_shuffle(self.conv_reduce(x), self.groups)
-        out = self.conv_expand(self.conv_dw(out))
+        out = self.conv_reduce(x)
+        if self.shuffle_before_dw:  # the paper's placement
+            out = self.shuffle(out)
+        out = self.conv_dw(out)
+        if not self.shuffle_before_dw:  # megvii's
+            out = self.shuffle(out)
+        out = self.conv_expand(out)
         if self.stride == 1:
             return self.act(out + x)
         shortcut = F.avg_pool2d(x, kernel_size=3, stride=2, padding=1)
@@ -122,6 +160,7 @@ class ShuffleNetV1(ClassifierModel):
         drop_rate: float = 0.0,
         in_chans: int = 3,
         zero_init_last: bool = True,
+        shuffle_order: str = "megvii",
     ) -> None:
         super().__init__()
         self.default_input_size = 32 if cifar else 224
@@ -139,6 +178,7 @@ class ShuffleNetV1(ClassifierModel):
                     groups=config.groups,
                     # The stem is too narrow to split into groups (paper Table 1 footnote).
                     group_first_conv=not (stage_index == 0 and i == 0),
+                    shuffle_order=shuffle_order,
                 )
                 for i in range(repeats)
             ]
