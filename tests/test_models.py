@@ -165,3 +165,12 @@ def test_shufflenet_zero_init_last_zeros_the_expand_bn_of_residual_units_only():
         for i, unit in enumerate(stage):
             weight = unit.conv_expand.bn.weight
             assert bool((weight == 0).all()) == (i > 0), f"unit {i}"  # unit 0 of a stage has stride 2
+
+
+def test_parnet_act_layer():
+    relu = lightnets.create_model("parnet_s_cifar", widths=(16, 32, 64, 128), act_layer="relu")
+    silu = lightnets.create_model("parnet_s_cifar", widths=(16, 32, 64, 128))
+    acts = {type(m) for m in relu.modules() if isinstance(m, (nn.ReLU, nn.SiLU))}
+    assert acts == {nn.ReLU} and {type(m) for m in silu.modules() if isinstance(m, (nn.ReLU, nn.SiLU))} == {nn.SiLU}
+    with pytest.raises(ValueError, match=r"act_layer must be one of \['relu', 'silu'\]"):
+        lightnets.create_model("parnet_s_cifar", act_layer="swish")

@@ -24,6 +24,12 @@ no bias. The SSE gate is computed from the identity-BN output. In the deploy for
 conv with bias (the 1x1 branch and, for stride 2, the avg-pool + 1x1 branch are folded into the 3x3);
 the identity-BN x SSE branch and the two input BNs of each fusion block stay as they are.
 
+Activation (``act_layer``): ``"silu"`` (default) is the paper's, and what the released configs mean to select
+(``additional_branches: swish``). ``"relu"`` is what the released code actually runs: its yamls nest the list
+(``[['swish']]``), so its test ``'swish' in additional_branches`` is False and every block gets ReLU. Weights
+trained with that code, such as the released checkpoints, need ``act_layer="relu"``; with it, lightnets' outputs
+equal the authors' (``benchmarks/authors_equivalence.py``).
+
 Downsampling blocks need even input sizes (the avg-pool and the stride-2 conv must agree), which holds
 at 224 and 32.
 
@@ -165,15 +171,21 @@ class ParNetFusion(nn.Module):
     higher-resolution side; the interleaved order is direct0, side0, direct1, side1, ...
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 2) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int = 2, act_layer: type[nn.Module] = nn.SiLU
+    ) -> None:
         super().__init__()
         self.bn_direct = nn.BatchNorm2d(in_channels)
         self.bn_side = nn.BatchNorm2d(in_channels)
-        self.block = ParNetDownsample(2 * in_channels, out_channels, stride=stride, groups=2)
+        self.block = ParNetDownsample(2 * in_channels, out_channels, stride=stride, groups=2, act_layer=act_layer)
 
     def forward(self, direct: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
         x = torch.stack([self.bn_direct(direct), self.bn_side(side)], dim=2).flatten(1, 2)
         return self.block(x)
+
+
+# "silu": the paper (and the released configs' intent); "relu": the released code as it runs (module docstring).
+ACT_LAYERS: dict[str, type[nn.Module]] = {"silu": nn.SiLU, "relu": nn.ReLU}
 
 
 @dataclass(frozen=True)
@@ -199,8 +211,13 @@ class ParNet(ClassifierModel):
         cifar: bool = False,
         drop_rate: float | None = None,
         in_chans: int = 3,
+        act_layer: str = "silu",
     ) -> None:
         super().__init__()
+        if act_layer not in ACT_LAYERS:
+            raise ValueError(f"act_layer must be one of {sorted(ACT_LAYERS)}, got {act_layer!r}")
+        self.act_layer = act_layer
+        act = ACT_LAYERS[act_layer]
         self.default_input_size = 32 if cifar else 224
         c1, c2, c3, c_last = config.widths
         depth1, depth2, depth3 = config.stream_depths
@@ -208,17 +225,19 @@ class ParNet(ClassifierModel):
         early_stride = 1 if cifar else 2
         # Depths 1-4: a chain of downsampling blocks whose outputs at depths 2, 3, 4 feed streams 1, 2, 3.
         self.stem = nn.Sequential(
-            ParNetDownsample(in_chans, stem_width, stride=early_stride),
-            ParNetDownsample(stem_width, c1, stride=early_stride),
+            ParNetDownsample(in_chans, stem_width, stride=early_stride, act_layer=act),
+            ParNetDownsample(stem_width, c1, stride=early_stride, act_layer=act),
         )
-        self.down_to_stream2 = ParNetDownsample(c1, c2)
-        self.down_to_stream3 = ParNetDownsample(c2, c3)
-        self.stream1 = nn.Sequential(*[ParNetBlock(c1) for _ in range(depth1)], ParNetDownsample(c1, c2))
-        self.stream2 = nn.Sequential(*[ParNetBlock(c2) for _ in range(depth2)])
-        self.stream3 = nn.Sequential(*[ParNetBlock(c3) for _ in range(depth3)])
-        self.fuse2 = ParNetFusion(c2, c3, stride=2)
-        self.fuse3 = ParNetFusion(c3, c3, stride=1)
-        self.final_down = ParNetDownsample(c3, c_last)
+        self.down_to_stream2 = ParNetDownsample(c1, c2, act_layer=act)
+        self.down_to_stream3 = ParNetDownsample(c2, c3, act_layer=act)
+        self.stream1 = nn.Sequential(
+            *[ParNetBlock(c1, act) for _ in range(depth1)], ParNetDownsample(c1, c2, act_layer=act)
+        )
+        self.stream2 = nn.Sequential(*[ParNetBlock(c2, act) for _ in range(depth2)])
+        self.stream3 = nn.Sequential(*[ParNetBlock(c3, act) for _ in range(depth3)])
+        self.fuse2 = ParNetFusion(c2, c3, stride=2, act_layer=act)
+        self.fuse3 = ParNetFusion(c3, c3, stride=1, act_layer=act)
+        self.final_down = ParNetDownsample(c3, c_last, act_layer=act)
         self.num_features = self.head_hidden_size = c_last
         self.drop = nn.Dropout(config.drop_rate if drop_rate is None else drop_rate)
         self.reset_classifier(num_classes)
