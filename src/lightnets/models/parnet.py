@@ -30,6 +30,11 @@ Activation (``act_layer``): ``"silu"`` (default) is the paper's, and what the re
 trained with that code, such as the released checkpoints, need ``act_layer="relu"``; with it, lightnets' outputs
 equal the authors' (``benchmarks/authors_equivalence.py``).
 
+Checkpoints of the authors' training script (timm's ``CheckpointSaver`` ``.pth.tar``) load through
+``create_model(name, checkpoint=PATH, act_layer="relu")``: ``state_dict`` by default, as their ``validate.py``
+loads it, ``state_dict_ema`` with ``ema=True``; :func:`checkpoint_filter_fn` renames the keys. Their inputs
+are timm's default ImageNet preprocessing (``AUTHORS_PRETRAINED_CFG``).
+
 Downsampling blocks need even input sizes (the avg-pool and the stride-2 conv must agree), which holds
 at 224 and 32.
 
@@ -45,12 +50,14 @@ the first epoch worse (19.8 % against 24.3 % test top-1, widths (32, 64, 128, 51
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightnets.models._helpers import remap_state_dict
 from lightnets.models.layers import ChannelShuffle, ClassifierModel, ConvBnAct, global_pool, init_weights, pad_kernel_to
 from lightnets.models.registry import register_model
 
@@ -262,6 +269,89 @@ PARNET_CONFIGS: dict[str, ParNetConfig] = {
     "l": ParNetConfig(widths=(160, 320, 640, 2560), drop_rate=0.1),
     "xl": ParNetConfig(widths=(200, 400, 800, 3200), drop_rate=0.1),
 }
+
+
+# timm's defaults for the authors' SimpNet (simplenet.py, _cfg_224): ImageNet mean/std, crop 0.875, bilinear.
+AUTHORS_PRETRAINED_CFG = {
+    "source": "imankgoyal/NonDeepNetworks (imagenet/train.py, timm CheckpointSaver)",
+    "mean": (0.485, 0.456, 0.406),
+    "std": (0.229, 0.224, 0.225),
+    "channel_order": "RGB",
+    "input_size": 224,
+    "crop_pct": 0.875,
+    "interpolation": "bilinear",
+}
+
+# Inside a block: our submodule -> the authors' (RepVGGBlock in simplenet_impl/repvgg.py).
+_BLOCK_KEYS = {
+    "conv3x3.conv": "rbr_dense.conv",
+    "conv3x3.bn": "rbr_dense.bn",
+    "sse_bn": "rbr_identity",
+    "sse_gate": "se.cvsig.conv",
+    "gate": "se.cvsig.conv",
+}
+
+
+def _authors_modules(model: ParNet) -> dict[str, str]:
+    """Our block or BN prefix -> the authors' module path in SimpNet (simplenet_impl/simpnet.py)."""
+    depth1 = len(model.stream1) - 1  # stream 1 ends with its C1 -> C2 downsampling block
+    modules = {
+        "stem.0": "inits.0.0.block",
+        "stem.1": "inits.0.1.block",
+        "down_to_stream2": "inits.1.block",
+        "down_to_stream3": "inits.2.block",
+        f"stream1.{depth1}": "downsamples_2.0.block",
+        "fuse2.bn_direct": "downsamples_2.1.0.b1",
+        "fuse2.bn_side": "downsamples_2.1.0.b2",
+        "fuse2.block": "downsamples_2.1.2.block",
+        "fuse3.bn_direct": "combine.0.b1",
+        "fuse3.bn_side": "combine.0.b2",
+        "fuse3.block": "combine.2.block",
+        "final_down": "combine.3.block",
+        "classifier": "head.fc",
+    }
+    for stream_index, stream in enumerate((model.stream1, model.stream2, model.stream3)):
+        for i, block in enumerate(stream):
+            if isinstance(block, ParNetBlock):
+                modules[f"stream{stream_index + 1}.{i}"] = f"streams.{stream_index}.{i}.block"
+    return modules
+
+
+def authors_key_map(model: ParNet) -> dict[str, str]:
+    """The authors' name of every key of ``model``'s state dict (training form)."""
+    modules = _authors_modules(model)
+    blocks = dict(model.named_modules())
+    names = {}
+    for key in model.state_dict():
+        prefix = max((p for p in modules if key.startswith(p + ".")), key=len)
+        rest = key[len(prefix) + 1 :]
+        block = blocks[prefix]
+        if rest.startswith("conv1x1."):
+            # A stride-2 block's 1x1 branch is Sequential(AvgPool2d, conv_bn) in their code, hence the ".1".
+            pooled = isinstance(block, ParNetDownsample) and block.stride == 2
+            theirs = ("rbr_1x1.1." if pooled else "rbr_1x1.") + rest[len("conv1x1.") :]
+        else:
+            inner = max((p for p in _BLOCK_KEYS if rest.startswith(p + ".")), key=len, default=None)
+            theirs = rest if inner is None else _BLOCK_KEYS[inner] + rest[len(inner) :]
+        names[key] = f"{modules[prefix]}.{theirs}"
+    return names
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: ParNet) -> dict[str, torch.Tensor]:
+    """Rename the authors' keys (``module.`` already stripped) to lightnets'; lightnets' own keys pass unchanged.
+
+    The file does not say which activation it was trained with; the released code runs ReLU (module docstring),
+    so a SiLU model gets a warning.
+    """
+    if "inits.0.0.block.rbr_dense.conv.weight" not in state_dict:
+        return state_dict
+    if model.act_layer != "relu":
+        warnings.warn(
+            "loading weights of the authors' ParNet code into a SiLU ParNet: their released code runs ReLU blocks, "
+            "so weights it trained need act_layer='relu'",
+            stacklevel=2,
+        )
+    return remap_state_dict(state_dict, model, authors_key_map(model))
 
 
 def _create_parnet(variant: str, cifar: bool = False, **kwargs) -> ParNet:

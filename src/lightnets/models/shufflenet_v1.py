@@ -25,6 +25,11 @@ Channel shuffle, where megvii's code and the paper's text differ (``shuffle_orde
 Either way the shuffle is a fixed permutation between two convs, so it stays as it is in the deploy form,
 between the folded depthwise conv and the folded expand conv, and exports to ONNX as a reshape-transpose.
 
+Weights of megvii's ``ShuffleNetV1/train.py`` (``{'state_dict': ...}`` with DataParallel's ``module.`` keys,
+or the bare ``model.mdl``) load through ``create_model(name, checkpoint=PATH)``; :func:`checkpoint_filter_fn`
+renames their keys. Their models expect BGR input in 0-255 with no mean/std normalisation (their README and
+``train.py``), which ``AUTHORS_PRETRAINED_CFG`` records for ``lightnets eval``/``predict``/``export``.
+
 CIFAR form: a stride-1 3x3 stem and no max-pool; each stage still halves, so stages run at 16, 8, 4.
 
 Training stability (not architecture): with ``zero_init_last=True`` (the default) the BN after the expand conv
@@ -44,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightnets.models._helpers import remap_state_dict
 from lightnets.models.layers import (
     ChannelShuffle,
     ClassifierModel,
@@ -198,6 +204,50 @@ class ShuffleNetV1(ClassifierModel):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.drop(global_pool(x))
         return x if pre_logits else self.classifier(x)
+
+
+# megvii's train.py: BGR, 0-255, no normalisation (ToBGRTensor); OpenCV resize to 256, centre crop 224.
+# In lightnets' terms, x = (pixel / 255 - mean) / std, so mean 0 and std 1/255 leave the 0-255 values as they are.
+AUTHORS_PRETRAINED_CFG = {
+    "source": "megvii-model/ShuffleNet-Series (ShuffleNetV1/train.py)",
+    "mean": (0.0, 0.0, 0.0),
+    "std": (1 / 255, 1 / 255, 1 / 255),
+    "channel_order": "BGR",
+    "input_size": 224,
+    "crop_pct": 0.875,
+    "interpolation": "bilinear",
+}
+
+
+def authors_key_map(model: ShuffleNetV1) -> dict[str, str]:
+    """The megvii name of every key of ``model``'s state dict (their ``network.py`` / ``blocks.py``)."""
+    # megvii numbers the units of all stages in one Sequential, ``features``.
+    units = [f"{s}.{u}" for s, stage in enumerate(model.stages) for u in range(len(stage))]
+    layer = {  # our submodule -> megvii's, inside a unit
+        "conv_reduce.conv": "branch_main_1.0",
+        "conv_reduce.bn": "branch_main_1.1",
+        "conv_dw.conv": "branch_main_1.3",
+        "conv_dw.bn": "branch_main_1.4",
+        "conv_expand.conv": "branch_main_2.0",
+        "conv_expand.bn": "branch_main_2.1",
+    }
+    names = {}
+    for key in model.state_dict():
+        if key.startswith("stem."):
+            names[key] = key.replace("stem.conv.", "first_conv.0.").replace("stem.bn.", "first_conv.1.")
+        elif key.startswith("classifier."):
+            names[key] = "classifier.0." + key.split(".", 1)[1]
+        else:
+            _, stage, unit, module, part, leaf = key.split(".")
+            names[key] = f"features.{units.index(f'{stage}.{unit}')}.{layer[f'{module}.{part}']}.{leaf}"
+    return names
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: ShuffleNetV1) -> dict[str, torch.Tensor]:
+    """Rename megvii's keys (``module.`` already stripped) to lightnets'; lightnets' own keys pass unchanged."""
+    if "first_conv.0.weight" not in state_dict:
+        return state_dict
+    return remap_state_dict(state_dict, model, authors_key_map(model))
 
 
 def _create_shufflenet_v1(groups: int, scale: str, cifar: bool = False, **kwargs) -> ShuffleNetV1:
