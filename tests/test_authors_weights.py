@@ -17,9 +17,11 @@ import torch
 from torch import nn
 
 import lightnets
+from lightnets.cli import main
 from lightnets.models._helpers import CheckpointError
+from lightnets.training import Preprocess
 
-from .conftest import randomize_batchnorm
+from .conftest import randomize_batchnorm, shared_file
 
 MANIFESTS = Path(__file__).resolve().parent / "manifests"
 FAMILIES = ("shufflenet_v1", "spgnet", "parnet", "asymmnet")
@@ -243,3 +245,59 @@ def test_asymmnet_port_state_dict_and_unknown_files(tmp_path):
     torch.save({"weights": [1, 2], "note": "x"}, path)
     with pytest.raises(CheckpointError, match=r"is not a weights file lightnets knows \(its keys: 'weights', 'note'\)"):
         lightnets.create_model(name, checkpoint=str(path))
+
+
+def test_preprocess_flips_to_bgr_and_keeps_0_255():
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    megvii = Preprocess((0.0, 0.0, 0.0), (1 / 255,) * 3, 8, channels_last=False, bgr=True)
+    assert torch.equal(megvii(images), images.flip(1).float())
+    assert torch.equal(Preprocess((0.0,) * 3, (1.0,) * 3, 8, channels_last=False)(images), images.float() / 255)
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_predict_eval_export_with_an_authors_file(tmp_path, capsys):
+    name = "shufflenet_v1_g3_x0_5"
+    source = randomized(lightnets.create_model(name, num_classes=2))
+    path = tmp_path / "megvii.pth.tar"
+    torch.save({"state_dict": as_authors(source, "shufflenet_v1", "module.")}, path)
+    folder = shared_file("hymenoptera")
+    image = next((folder / "val" / "bees").iterdir())
+    flags = ["--model", name, "--checkpoint", str(path), "--model-arg", "num_classes=2"]
+
+    assert main(["predict", *flags, str(image), "--json"]) == 0
+    captured = capsys.readouterr()
+    predictions = json.loads(captured.out)
+    assert {entry["class"] for entry in predictions[0]["top"]} == {0, 1}  # no names in the file: indices
+    assert "weights 'state_dict'" in captured.err and "class indices" in captured.err
+
+    assert main(["eval", *flags, "--data", f"folder:{folder}", "--workers", "0", "--batch-size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "ants" in out and "bees" in out and "top-1" in out
+    # Without the right head: one line naming the file and both counts.
+    assert main(["eval", "--model", name, "--checkpoint", str(path), "--data", f"folder:{folder}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(path) in err and "(2,)" not in err and "1000" in err
+
+    exported = tmp_path / "megvii.safetensors"
+    assert main(["export", *flags, "--format", "safetensors", "--out", str(exported)]) == 0
+    assert "channel_order BGR" in capsys.readouterr().out
+    reloaded = lightnets.create_model(name, checkpoint=str(exported))
+    assert same_weights(reloaded, source) and reloaded.pretrained_cfg["channel_order"] == "BGR"
+
+    import onnx
+
+    onnx_path = tmp_path / "megvii.onnx"
+    assert main(["export", *flags, "--format", "onnx", "--input-size", "64", "--out", str(onnx_path)]) == 0
+    props = {p.key: json.loads(p.value) for p in onnx.load(str(onnx_path)).metadata_props}
+    assert props["channel_order"] == "BGR" and props["std"][0] == pytest.approx(1 / 255)
+
+
+def test_cli_needs_model_for_a_file_that_does_not_name_it(tmp_path, capsys):
+    path = tmp_path / "model.mdl"
+    torch.save(as_authors(lightnets.create_model("shufflenet_v1_g3_x0_5_cifar"), "shufflenet_v1"), path)
+    assert main(["predict", "--checkpoint", str(path), "x.jpg"]) == 2
+    assert "--model NAME" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", str(path), "--format", "safetensors", "--out", str(tmp_path / "x")]) == 2
+    assert "does not name its model; give --model NAME" in capsys.readouterr().err

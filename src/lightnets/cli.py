@@ -7,6 +7,7 @@ and writes a run directory; ``eval`` and ``predict`` use a checkpoint and nothin
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -100,18 +101,23 @@ def _yaml_value(text: str):
     return yaml.safe_load(text)
 
 
+def _model_kwargs(items: Sequence[str] | None, base: dict | None = None) -> dict:
+    """``--model-arg KEY=VALUE`` items (values parsed as YAML) on top of ``base``."""
+    model_kwargs = dict(base or {})
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--model-arg expects KEY=VALUE, got {item!r}")
+        model_kwargs[key] = _yaml_value(value)
+    return model_kwargs
+
+
 def _train_config_from_args(args: argparse.Namespace):
     from lightnets.training import TrainConfig
 
     names = {f for f in TrainConfig.__dataclass_fields__ if f != "model_kwargs"}
     values = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
-    model_kwargs = dict(args.model_kwargs or {})
-    for item in args.model_arg or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--model-arg expects KEY=VALUE, got {item!r}")
-        model_kwargs[key] = _yaml_value(value)
-    values["model_kwargs"] = model_kwargs
+    values["model_kwargs"] = _model_kwargs(args.model_arg, args.model_kwargs)
     return TrainConfig.from_dict(values)
 
 
@@ -169,6 +175,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     _require(args.batch_size, "--batch-size", 1)
     _require(args.workers, "--workers", 0)
+    args.model_kwargs = _model_kwargs(args.model_arg)
     run_eval(args)
     return 0
 
@@ -177,6 +184,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from lightnets.evaluation import run_predict
 
     _require(args.topk, "--topk", 1)
+    args.model_kwargs = _model_kwargs(args.model_arg)
     run_predict(args)
     return 0
 
@@ -276,9 +284,24 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     train.set_defaults(func=cmd_train, model_kwargs=None)
 
 
+def _add_foreign_weights_flags(parser: argparse.ArgumentParser, model_help: str = "") -> None:
+    """--model, --model-arg and --ema: for weights files that do not name their model (the authors' checkpoints)."""
+    parser.add_argument(
+        "--model",
+        help=model_help
+        or "registered name, for a checkpoint that does not name its model (the authors' files; README, "
+        "'Using the authors' weights')",
+    )
+    parser.add_argument(
+        "--model-arg", dest="model_arg", action="append", metavar="KEY=VALUE", help="builder kwarg, repeatable"
+    )
+    parser.add_argument("--ema", action="store_true", help="load the file's EMA weights (state_dict_ema)")
+
+
 def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
     evaluate = sub.add_parser("eval", help="top-1/top-5, per-class accuracy and confusion of a checkpoint")
     evaluate.add_argument("--checkpoint", required=True, help="a .pt file (or a run directory: its best.pt)")
+    _add_foreign_weights_flags(evaluate)
     evaluate.add_argument("--data", required=True, help="dataset spec, as for train")
     evaluate.add_argument("--data-root", dest="data_root")
     evaluate.add_argument("--split", choices=["val", "train"], default="val", help="val: the held-out/test split")
@@ -291,6 +314,7 @@ def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
 
     predict = sub.add_parser("predict", help="top-k classes of image files with a checkpoint")
     predict.add_argument("--checkpoint", required=True, help="a .pt file (or a run directory: its best.pt)")
+    _add_foreign_weights_flags(predict)
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.add_argument("--topk", type=int, default=5)
     predict.add_argument("--device", default="auto")
@@ -439,57 +463,73 @@ def add_report_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     from lightnets.export import export_onnx, export_safetensors
     from lightnets.models import create_model, reparameterize_model
+    from lightnets.models._helpers import PRETRAINED_CFG_KEYS, load_weights, read_weights
 
-    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
-    classes = None
+    kwargs = _model_kwargs(args.model_arg)
+    if args.num_classes is not None:
+        kwargs["num_classes"] = args.num_classes
+    classes, weights = None, None
     if args.checkpoint:
-        from lightnets.checkpoint import load_checkpoint
-
-        if Path(args.checkpoint).suffix != ".safetensors":
-            state = load_checkpoint(args.checkpoint)
-            if args.model and args.model != state["model_name"]:
+        weights = read_weights(args.checkpoint, ema=args.ema)
+        if weights.model_name:
+            if args.model and args.model != weights.model_name:
                 raise ValueError(
-                    f"checkpoint {args.checkpoint} holds {state['model_name']!r}, not {args.model!r}; drop --model"
+                    f"checkpoint {args.checkpoint} holds {weights.model_name!r}, not {args.model!r}; drop --model"
                 )
-            args.model = state["model_name"]
-            classes = state["classes"]
-        kwargs["checkpoint"] = args.checkpoint
+            args.model = weights.model_name
+        elif not args.model:
+            raise ValueError(f"{weights.path} ({weights.describe()}) does not name its model; give --model NAME")
+        # The file's kwargs (e.g. num_classes) first: the export must rebuild the model it holds.
+        kwargs = {**weights.model_kwargs, **kwargs}
+        classes = weights.classes
+    elif args.ema:
+        raise ValueError("--ema selects the EMA weights of a --checkpoint; give one")
     if not args.model:
         raise ValueError("give --model NAME (or --checkpoint CKPT, which names its model)")
     model = create_model(args.model, **kwargs).eval()
+    if weights is not None:
+        model = load_weights(model, weights).eval()
+        print(f"loaded {model.pretrained_cfg['loaded']} from {weights.path}")
     if args.deploy:
         model = reparameterize_model(model)
+    # The inputs the weights expect (the authors' mean, std, channel order) travel with the exported file.
+    cfg = getattr(model, "pretrained_cfg", {})
+    preprocess = {key: cfg[key] for key in PRETRAINED_CFG_KEYS if key in cfg}
     out = Path(args.out)
     if args.format == "onnx":
-        size = args.input_size or int(getattr(model, "default_input_size", 224))
-        result = export_onnx(model, out, size)
+        size = args.input_size or int(preprocess.get("input_size") or getattr(model, "default_input_size", 224))
+        metadata = {key: json.dumps(value) for key, value in preprocess.items()}
+        result = export_onnx(model, out, size, metadata=metadata)
         diffs = ", ".join(
             f"batch {b}: max abs {result['max_abs_diff'][b]:.2e} (rel {result['max_rel_diff'][b]:.2e})"
             for b in result["max_abs_diff"]
         )
         print(f"wrote {out} ({result['exporter']}, opset {result['opset']}, input {size}); onnxruntime check: {diffs}")
     else:
-        model_kwargs = {k: v for k, v in kwargs.items() if k != "checkpoint"}
-        if args.checkpoint and Path(args.checkpoint).suffix != ".safetensors":
-            model_kwargs = dict(state["model_kwargs"])
         path = export_safetensors(
             model,
             out,
             model_name=args.model,
-            model_kwargs=model_kwargs,
+            model_kwargs=kwargs,
             classes=classes,
-            extra={"deploy": args.deploy},
+            extra={"deploy": args.deploy, **preprocess},
         )
         print(
             f"wrote {path} and its sidecar; load with lightnets.create_model({args.model!r}, checkpoint={str(path)!r})"
         )
+    if preprocess:
+        print("inputs it expects: " + ", ".join(f"{key} {value}" for key, value in preprocess.items()))
     return 0
 
 
 def add_export_parser(sub: argparse._SubParsersAction) -> None:
     export = sub.add_parser("export", help="ONNX (checked against ONNX Runtime) or safetensors + JSON sidecar")
-    export.add_argument("--model", help="registered name (default: the checkpoint's)")
-    export.add_argument("--checkpoint", help="a lightnets .pt checkpoint or run directory, or a .safetensors file")
+    export.add_argument(
+        "--checkpoint",
+        help="a lightnets .pt checkpoint or run directory, a .safetensors file, "
+        "or an authors' checkpoint (with --model)",
+    )
+    _add_foreign_weights_flags(export, "registered name (default: the checkpoint's; needed for the authors' files)")
     export.add_argument("--format", choices=["onnx", "safetensors"], required=True)
     export.add_argument("--deploy", action=argparse.BooleanOptionalAction, default=False, help="export the deploy form")
     export.add_argument("--input-size", dest="input_size", type=int, help="ONNX input size (default: the model's)")

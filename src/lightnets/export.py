@@ -153,6 +153,7 @@ def export_onnx(
     check: bool = True,
     check_batch_sizes: tuple[int, ...] = (1, 4),
     rtol: float = 1e-4,
+    metadata: dict[str, str] | None = None,
 ) -> dict:
     """Export ``model`` to one ``.onnx`` file with a dynamic batch axis, checked against onnxruntime.
 
@@ -161,6 +162,7 @@ def export_onnx(
     With ``check``, the file must pass ``onnx.checker`` and, at every batch size in ``check_batch_sizes``,
     onnxruntime's output on random input must match PyTorch's to ``max|diff| / max|torch| <= rtol``;
     otherwise a ValueError is raised and ``path`` is left as it was. The file replaces ``path`` atomically.
+    ``metadata`` (str -> str) is stored in the file's ``metadata_props``, e.g. the preprocessing the weights expect.
 
     Returns ``{path, opset, input_size, max_abs_diff: {batch: float}, max_rel_diff: {batch: float},
     exporter, export_seconds}`` (the diff dicts are empty without ``check``).
@@ -207,6 +209,11 @@ def export_onnx(
                 raise ValueError(f"ONNX export of {model_label(model)} failed ({'; '.join(failures)})")
             result["exporter"] = exporter_name
             result["export_seconds"] = round(time.perf_counter() - start, 3)
+            if metadata:
+                proto = onnx.load(str(tmp))
+                for key, value in metadata.items():
+                    proto.metadata_props.add(key=key, value=value)
+                onnx.save(proto, str(tmp))
             result["max_abs_diff"], result["max_rel_diff"] = {}, {}
             if check:
                 try:
