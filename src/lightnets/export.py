@@ -13,7 +13,6 @@ onnx, onnxruntime and safetensors are optional (``pip install 'lightnets[export]
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import os
 import tempfile
@@ -27,15 +26,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightnets.models._helpers import (
+from lightnets.models._helpers import load_weights, model_label, read_weights, weights_fit_report
+from lightnets.models._safetensors import (
     check_names,
-    load_weights,
-    model_label,
+    first_line,
     read_safetensors,
     read_sidecar,
-    read_weights,
+    require_module,
     sidecar_path,
-    weights_fit_report,
 )
 
 __all__ = [
@@ -53,15 +51,6 @@ _RESERVED_SIDECAR_KEYS = ("format", "model_name", "model_kwargs", "classes", "li
 _SIDECAR_FORMAT = "lightnets-safetensors"
 
 
-def _require(module: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ImportError(
-            f"{module.split('.')[0]} is needed for export but is not installed; run `pip install 'lightnets[export]'`"
-        ) from None
-
-
 @contextmanager
 def _atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path``, on failure it is removed."""
@@ -74,11 +63,6 @@ def _atomic_path(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 # --------------------------------------------------------------------------------------------------- ONNX
@@ -134,7 +118,7 @@ _EXPORTERS = (("torchscript", _export_torchscript), ("dynamo", _export_dynamo))
 
 
 def _onnx_session(path: Path) -> Any:
-    ort = _require("onnxruntime")
+    ort = require_module("onnxruntime")
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
@@ -167,7 +151,7 @@ def export_onnx(
     Returns ``{path, opset, input_size, max_abs_diff: {batch: float}, max_rel_diff: {batch: float},
     exporter, export_seconds}`` (the diff dicts are empty without ``check``).
     """
-    onnx = _require("onnx")
+    onnx = require_module("onnx")
     path = Path(path)
     if input_size < 1:
         raise ValueError(f"input_size must be a positive number of pixels, got {input_size}")
@@ -193,7 +177,7 @@ def export_onnx(
                 source(example)
         except Exception as error:
             raise ValueError(
-                f"{model_label(model)} does not run on a {tuple(example.shape)} input ({_first_line(error)}); "
+                f"{model_label(model)} does not run on a {tuple(example.shape)} input ({first_line(error)}); "
                 "pick an input_size the model supports"
             ) from None
         with _atomic_path(path) as tmp:
@@ -204,7 +188,7 @@ def export_onnx(
                     exporter(source, example, tmp, opset)
                     break
                 except Exception as error:
-                    failures.append(f"{exporter_name}: {_first_line(error)}")
+                    failures.append(f"{exporter_name}: {first_line(error)}")
             else:
                 raise ValueError(f"ONNX export of {model_label(model)} failed ({'; '.join(failures)})")
             result["exporter"] = exporter_name
@@ -221,7 +205,7 @@ def export_onnx(
                     onnx.checker.check_model(str(tmp))
                 except Exception as error:
                     raise ValueError(
-                        f"exported ONNX for {model_label(model)} is invalid: {_first_line(error)}"
+                        f"exported ONNX for {model_label(model)} is invalid: {first_line(error)}"
                     ) from None
                 _check_against_onnxruntime(source, tmp, path, channels, input_size, check_batch_sizes, rtol, result)
     finally:
@@ -248,7 +232,7 @@ def _check_against_onnxruntime(
         try:
             (actual,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
         except Exception as error:
-            raise ValueError(f"onnxruntime could not run {final_path} at batch {batch}: {_first_line(error)}") from None
+            raise ValueError(f"onnxruntime could not run {final_path} at batch {batch}: {first_line(error)}") from None
         actual = torch.from_numpy(actual)
         if actual.shape != expected.shape:
             raise ValueError(
@@ -326,7 +310,7 @@ def export_safetensors(
     """
     from lightnets import __version__
 
-    safetensors_torch = _require("safetensors.torch")
+    safetensors_torch = require_module("safetensors.torch")
     path = Path(path)
     built_as = getattr(model, "model_name", None)
     if built_as and built_as != model_name:

@@ -1,8 +1,8 @@
 """Reading weight files into models: lightnets' own formats and the authors' training checkpoints.
 
 This sits in the model layer, as timm's ``_helpers.py`` does, so that ``create_model(name, checkpoint=PATH)``
-needs nothing from the rest of lightnets: it imports only torch (safetensors lazily). Saving during training
-lives above, in ``lightnets.checkpoint`` and ``lightnets.export``, which use the readers here.
+needs nothing from the rest of lightnets: it imports only torch (safetensors lazily, in ``_safetensors.py``).
+Saving lives above, in ``lightnets.checkpoint`` and ``lightnets.export``, which use the readers here.
 
 Files are read with ``torch.load(weights_only=True)``: only tensors and plain containers are built, so a
 pickle that names any callable is refused before it runs. The one class allowed beyond that is
@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
-import json
 import pickle
 import sys
 from collections.abc import Callable, Mapping
@@ -39,19 +37,9 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = [
-    "CheckpointError",
-    "WeightsFile",
-    "informative_line",
-    "load_weights",
-    "read_safetensors",
-    "read_sidecar",
-    "read_weights",
-    "remap_state_dict",
-    "sidecar_path",
-    "torch_load_safely",
-    "weights_fit_report",
-]
+from lightnets.models._safetensors import check_names, is_safetensors, read_safetensors, read_sidecar, sidecar_path
+
+__all__ = ["CheckpointError", "WeightsFile", "load_weights", "read_weights", "remap_state_dict", "torch_load_safely"]
 
 LIGHTNETS_CHECKPOINT_KEYS = ("model_name", "model_kwargs", "classes", "model")
 # Keys that only timm's CheckpointSaver writes beside its state dicts.
@@ -82,15 +70,6 @@ def informative_line(error: BaseException) -> str:
     # PyTorch's messages run on with advice for its own developers; the first sentence is the diagnosis.
     first_sentence = line.split(". ")[0].rstrip(".")
     return first_sentence or type(error).__name__
-
-
-def _require(module: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ImportError(
-            f"{module.split('.')[0]} is needed for export but is not installed; run `pip install 'lightnets[export]'`"
-        ) from None
 
 
 def _namespace_allowed() -> contextlib.AbstractContextManager:
@@ -136,64 +115,6 @@ def torch_load_safely(path: str | Path, map_location: str | torch.device = "cpu"
         raise CheckpointError(
             f"checkpoint {path} is unreadable (truncated or not a checkpoint, {size} bytes): {informative_line(error)}"
         ) from None
-
-
-# ----------------------------------------------------------------------------------------------- safetensors
-
-
-def sidecar_path(path: str | Path) -> Path:
-    """The JSON sidecar of a weights file: ``w.safetensors`` -> ``w.json``, any other ``w.ext`` -> ``w.ext.json``."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        return path.with_suffix(".json")
-    return path.with_name(path.name + ".json")
-
-
-def is_safetensors(path: Path) -> bool:
-    if path.suffix == ".safetensors":
-        return True
-    if path.suffix in (".pt", ".pth", ".tar", ".mdl") or not path.is_file():
-        return False
-    # A safetensors file starts with an 8-byte header length and then the JSON header itself.
-    with path.open("rb") as handle:
-        return handle.read(9)[8:] == b"{"
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-def read_sidecar(path: Path) -> dict[str, Any]:
-    side = sidecar_path(path)
-    if not path.is_file():
-        raise ValueError(f"weights file {path} does not exist")
-    if not side.is_file():
-        raise ValueError(
-            f"{path} has no sidecar {side.name}; it holds the model name and kwargs, so export with "
-            "lightnets.export.export_safetensors or load the weights into a built model with load_weights_into"
-        )
-    try:
-        sidecar = json.loads(side.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"sidecar {side} is not readable JSON: {_first_line(error)}") from None
-    if not isinstance(sidecar, dict) or not isinstance(sidecar.get("model_name"), str):
-        raise ValueError(f"sidecar {side} lacks a model_name; re-export with lightnets.export.export_safetensors")
-    if not isinstance(sidecar.get("model_kwargs", {}), dict):
-        raise ValueError(f"sidecar {side} has model_kwargs that are not a JSON object")
-    return sidecar
-
-
-def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    safetensors = _require("safetensors")
-    safetensors_torch = _require("safetensors.torch")
-    try:
-        with safetensors.safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        tensors = safetensors_torch.load_file(str(path))
-    except Exception as error:
-        raise ValueError(f"{path} is not a readable safetensors file: {_first_line(error)}") from None
-    return tensors, metadata
 
 
 # ---------------------------------------------------------------------------------------------- weight files
@@ -410,17 +331,6 @@ def remap_state_dict(
             f"{tuple(state_dict[unused[0]].shape)}"
         )
     return converted
-
-
-def check_names(path: Path, *names: tuple[str, str | None]) -> None:
-    """Every (where, name) pair that is set must name the same model."""
-    known = [(where, name) for where, name in names if name]
-    for where, name in known[1:]:
-        if name != known[0][1]:
-            raise ValueError(
-                f"{path}: {known[0][0]} says model {known[0][1]!r} but {where} says {name!r}; "
-                "use the weights with the model they were exported from"
-            )
 
 
 def model_label(model: nn.Module) -> str:

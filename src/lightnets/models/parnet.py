@@ -30,13 +30,10 @@ Activation (``act_layer``): ``"silu"`` (default) is the paper's, and what the re
 trained with that code, such as the released checkpoints, need ``act_layer="relu"``; with it, lightnets' outputs
 equal the authors' (``benchmarks/authors_equivalence.py``).
 
-Checkpoints of the authors' training script (timm's ``CheckpointSaver`` ``.pth.tar``) load through
-``create_model(name, checkpoint=PATH, act_layer="relu")``: ``state_dict`` by default, as their ``validate.py``
-loads it, ``state_dict_ema`` with ``ema=True``; :func:`checkpoint_filter_fn` renames the keys. Their inputs
-are timm's default ImageNet preprocessing (``AUTHORS_PRETRAINED_CFG``).
-
-Downsampling blocks need even input sizes (the avg-pool and the stride-2 conv must agree), which holds
-at 224 and 32.
+The authors' timm ``CheckpointSaver`` files load through ``create_model(name, checkpoint=PATH, act_layer="relu")``
+(``state_dict``, as their ``validate.py``; ``state_dict_ema`` with ``ema=True``), :func:`checkpoint_filter_fn`
+renaming the keys; their inputs take timm's ImageNet preprocessing (``AUTHORS_PRETRAINED_CFG``). Downsampling
+blocks need even input sizes (the avg-pool and the stride-2 conv must agree), which holds at 224 and 32.
 
 CIFAR form: the first two downsampling blocks (depths 1 and 2) have stride 1, so the streams run at
 32, 16 and 8 pixels and the final downsampling block ends at 4x4.
