@@ -135,3 +135,42 @@ def test_baseline_deploy_form_folds_every_batchnorm(name):
         assert torch.allclose(deployed(x), reference, atol=1e-4 * reference.abs().max().item())
         assert deployed.forward_features(x).shape[1] == deployed.num_features
     assert any(isinstance(module, nn.BatchNorm2d) for module in model.modules())  # the original is untouched
+
+
+def test_shufflenet_unit_shuffles_as_megvii_after_the_depthwise_conv():
+    from lightnets.models.shufflenet_v1 import ShuffleUnit
+
+    unit = ShuffleUnit(64, 64, stride=1, groups=4).eval()  # bottleneck m = 16, g = 4
+    randomize_batchnorm(unit)
+    x = torch.randn(2, 64, 6, 6)
+    with torch.no_grad():
+        y = unit.conv_dw(unit.conv_reduce(x))
+        # megvii's blocks.py: view the m channels as (m/g, g), swap the two axes, flatten.
+        shuffled = y.reshape(2, 4, 4, 6, 6).permute(0, 2, 1, 3, 4).reshape(2, 16, 6, 6)
+        expected = torch.relu(unit.conv_expand(shuffled) + x)
+        assert torch.allclose(unit(x), expected, atol=1e-6)
+        # The paper's order: shuffle right after the first 1x1 conv, channels viewed as (g, m/g).
+        paper = ShuffleUnit(64, 64, stride=1, groups=4, shuffle_order="paper").eval()
+        paper.load_state_dict(unit.state_dict())
+        y = unit.conv_reduce(x).reshape(2, 4, 4, 6, 6).transpose(1, 2).reshape(2, 16, 6, 6)
+        assert torch.allclose(paper(x), torch.relu(unit.conv_expand(unit.conv_dw(y)) + x), atol=1e-6)
+        assert not torch.allclose(paper(x), unit(x), atol=1e-3)
+    with pytest.raises(ValueError, match="shuffle_order must be one of"):
+        ShuffleUnit(64, 64, stride=1, groups=4, shuffle_order="megvi")
+
+
+def test_shufflenet_zero_init_last_zeros_the_expand_bn_of_residual_units_only():
+    model = lightnets.create_model("shufflenet_v1_g8_x1_0")
+    for stage in model.stages:
+        for i, unit in enumerate(stage):
+            weight = unit.conv_expand.bn.weight
+            assert bool((weight == 0).all()) == (i > 0), f"unit {i}"  # unit 0 of a stage has stride 2
+
+
+def test_parnet_act_layer():
+    relu = lightnets.create_model("parnet_s_cifar", widths=(16, 32, 64, 128), act_layer="relu")
+    silu = lightnets.create_model("parnet_s_cifar", widths=(16, 32, 64, 128))
+    acts = {type(m) for m in relu.modules() if isinstance(m, (nn.ReLU, nn.SiLU))}
+    assert acts == {nn.ReLU} and {type(m) for m in silu.modules() if isinstance(m, (nn.ReLU, nn.SiLU))} == {nn.SiLU}
+    with pytest.raises(ValueError, match=r"act_layer must be one of \['relu', 'silu'\]"):
+        lightnets.create_model("parnet_s_cifar", act_layer="swish")

@@ -7,7 +7,6 @@ the class names and the preprocessing, so ``lightnets eval`` and ``lightnets pre
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,14 @@ import torch
 from torch import nn
 
 from lightnets.files import atomic_path, remove_stale_temporaries
+from lightnets.models._helpers import LIGHTNETS_CHECKPOINT_KEYS as REQUIRED_KEYS
+from lightnets.models._helpers import (
+    CheckpointError,
+    resolve_checkpoint_path,
+    torch_load_safely,
+    weights_fit_report,
+)
+from lightnets.models._helpers import informative_line as _informative_line
 
 __all__ = [
     "CheckpointError",
@@ -25,12 +32,6 @@ __all__ = [
     "save_checkpoint",
     "weights_fit_report",
 ]
-
-REQUIRED_KEYS = ("model_name", "model_kwargs", "classes", "model")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used, with a one-line reason."""
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
@@ -43,77 +44,22 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
         torch.save(state, handle)
 
 
-def _informative_line(error: BaseException) -> str:
-    """The line of a (often multi-paragraph) loading error that says what was wrong."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    line = next((x for x in lines if "GLOBAL" in x or "Unsupported" in x), lines[0] if lines else "")
-    # PyTorch's messages run on with advice for its own developers; the first sentence is the diagnosis.
-    first_sentence = line.split(". ")[0].rstrip(".")
-    return first_sentence or type(error).__name__
-
-
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a lightnets checkpoint safely; every failure is a one-line :class:`CheckpointError` naming the file.
 
     ``torch.load(weights_only=True)`` builds only tensors and plain containers: a pickle that names any other
-    callable (``os.system`` in a ``__reduce__``, say) is refused before anything it names is called.
+    callable (``os.system`` in a ``__reduce__``, say) is refused before anything it names is called. The reading
+    is ``lightnets.models._helpers.torch_load_safely``, shared with ``create_model(checkpoint=)``.
     """
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).is_file():
-                path = path / name
-                break
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass a .pt file or a run directory with best.pt")
-    size = path.stat().st_size
-    if size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); it was never written completely")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        line = _informative_line(error)
-        if "GLOBAL" in line or "global" in line:
-            raise CheckpointError(
-                f"checkpoint {path} was refused: it holds a pickled object that could run code ({line}); "
-                "only tensors and plain data are loaded"
-            ) from None
-        raise CheckpointError(
-            f"checkpoint {path} is unreadable (corrupt or not a checkpoint, {size} bytes): {line}"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError) as error:
-        # A truncated zip says "failed finding central directory"; random bytes fail in the unpickler
-        # with whatever opcode they happen to start with.
-        raise CheckpointError(
-            f"checkpoint {path} is unreadable (truncated or not a checkpoint, {size} bytes): {_informative_line(error)}"
-        ) from None
+    path = resolve_checkpoint_path(path)
+    state = torch_load_safely(path, map_location)
     if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
         raise CheckpointError(
             f"checkpoint {path} is not a lightnets checkpoint (it lacks {', '.join(REQUIRED_KEYS)}); "
-            "use one written by `lightnets train`"
+            "use one written by `lightnets train`, or name the model for other weights (--model NAME)"
         )
     state["path"] = str(path)
     return state
-
-
-def weights_fit_report(model: nn.Module, weights: dict[str, torch.Tensor]) -> str:
-    """Why ``weights`` do not fit ``model``, in one line; empty when they do."""
-    own = model.state_dict()
-    missing = [key for key in own if key not in weights]
-    unexpected = [key for key in weights if key not in own]
-    mismatched = [
-        f"{key} {tuple(weights[key].shape)} vs {tuple(own[key].shape)}"
-        for key in own
-        if key in weights and getattr(weights[key], "shape", None) != own[key].shape
-    ]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-    if mismatched:
-        parts.append(f"{len(mismatched)} with other shapes (file vs model: {'; '.join(mismatched[:2])})")
-    return ", ".join(parts)
 
 
 def check_checkpoint(

@@ -96,6 +96,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     _require(args.batch_size, "--batch-size", 1)
     _require(args.workers, "--workers", 0)
+    args.model_kwargs = _model_kwargs(args.model_arg)
     run_eval(args)
     return 0
 
@@ -104,6 +105,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from lightnets.evaluation import run_predict
 
     _require(args.topk, "--topk", 1)
+    args.model_kwargs = _model_kwargs(args.model_arg)
     run_predict(args)
     return 0
 
@@ -131,9 +133,24 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     train.set_defaults(func=cmd_train)
 
 
+def _add_foreign_weights_flags(parser: argparse.ArgumentParser, model_help: str = "") -> None:
+    """--model, --model-arg and --ema: for weights files that do not name their model (the authors' checkpoints)."""
+    parser.add_argument(
+        "--model",
+        help=model_help
+        or "registered name, for a checkpoint that does not name its model (the authors' files; README, "
+        "'Using the authors' weights')",
+    )
+    parser.add_argument(
+        "--model-arg", dest="model_arg", action="append", metavar="KEY=VALUE", help="builder kwarg, repeatable"
+    )
+    parser.add_argument("--ema", action="store_true", help="load the file's EMA weights (state_dict_ema)")
+
+
 def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
     evaluate = sub.add_parser("eval", help="top-1/top-5, per-class accuracy and confusion of a checkpoint")
     evaluate.add_argument("--checkpoint", required=True, help="a .pt file (or a run directory: its best.pt)")
+    _add_foreign_weights_flags(evaluate)
     evaluate.add_argument("--data", required=True, help="dataset spec, as for train")
     evaluate.add_argument("--data-root", dest="data_root")
     evaluate.add_argument("--split", choices=["val", "train"], default="val", help="val: the held-out/test split")
@@ -146,6 +163,7 @@ def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
 
     predict = sub.add_parser("predict", help="top-k classes of image files with a checkpoint")
     predict.add_argument("--checkpoint", required=True, help="a .pt file (or a run directory: its best.pt)")
+    _add_foreign_weights_flags(predict)
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.add_argument("--topk", type=int, default=5)
     predict.add_argument("--device", default="auto")
@@ -239,59 +257,30 @@ def add_report_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from lightnets.export import export_onnx, export_safetensors
-    from lightnets.models import create_model, reparameterize_model
+    from lightnets.export import export_model
 
-    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
-    classes = None
-    if args.checkpoint:
-        from lightnets.checkpoint import load_checkpoint
-
-        if Path(args.checkpoint).suffix != ".safetensors":
-            state = load_checkpoint(args.checkpoint)
-            if args.model and args.model != state["model_name"]:
-                raise ValueError(
-                    f"checkpoint {args.checkpoint} holds {state['model_name']!r}, not {args.model!r}; drop --model"
-                )
-            args.model = state["model_name"]
-            classes = state["classes"]
-        kwargs["checkpoint"] = args.checkpoint
-    if not args.model:
-        raise ValueError("give --model NAME (or --checkpoint CKPT, which names its model)")
-    model = create_model(args.model, **kwargs).eval()
-    if args.deploy:
-        model = reparameterize_model(model)
-    out = Path(args.out)
-    if args.format == "onnx":
-        size = args.input_size or int(getattr(model, "default_input_size", 224))
-        result = export_onnx(model, out, size)
-        diffs = ", ".join(
-            f"batch {b}: max abs {result['max_abs_diff'][b]:.2e} (rel {result['max_rel_diff'][b]:.2e})"
-            for b in result["max_abs_diff"]
-        )
-        print(f"wrote {out} ({result['exporter']}, opset {result['opset']}, input {size}); onnxruntime check: {diffs}")
-    else:
-        model_kwargs = {k: v for k, v in kwargs.items() if k != "checkpoint"}
-        if args.checkpoint and Path(args.checkpoint).suffix != ".safetensors":
-            model_kwargs = dict(state["model_kwargs"])
-        path = export_safetensors(
-            model,
-            out,
-            model_name=args.model,
-            model_kwargs=model_kwargs,
-            classes=classes,
-            extra={"deploy": args.deploy},
-        )
-        print(
-            f"wrote {path} and its sidecar; load with lightnets.create_model({args.model!r}, checkpoint={str(path)!r})"
-        )
+    export_model(
+        args.out,
+        args.format,
+        model_name=args.model,
+        checkpoint=args.checkpoint,
+        model_kwargs=_model_kwargs(args.model_arg),
+        ema=args.ema,
+        deploy=args.deploy,
+        input_size=args.input_size,
+        num_classes=args.num_classes,
+    )
     return 0
 
 
 def add_export_parser(sub: argparse._SubParsersAction) -> None:
     export = sub.add_parser("export", help="ONNX (checked against ONNX Runtime) or safetensors + JSON sidecar")
-    export.add_argument("--model", help="registered name (default: the checkpoint's)")
-    export.add_argument("--checkpoint", help="a lightnets .pt checkpoint or run directory, or a .safetensors file")
+    export.add_argument(
+        "--checkpoint",
+        help="a lightnets .pt checkpoint or run directory, a .safetensors file, "
+        "or an authors' checkpoint (with --model)",
+    )
+    _add_foreign_weights_flags(export, "registered name (default: the checkpoint's; needed for the authors' files)")
     export.add_argument("--format", choices=["onnx", "safetensors"], required=True)
     export.add_argument("--deploy", action=argparse.BooleanOptionalAction, default=False, help="export the deploy form")
     export.add_argument("--input-size", dest="input_size", type=int, help="ONNX input size (default: the model's)")

@@ -1,7 +1,6 @@
-"""Model export: ONNX checked against onnxruntime, and safetensors weights with a JSON sidecar.
+"""Model export: ``lightnets export`` (:func:`export_model`), and safetensors weights with a JSON sidecar.
 
-``export_onnx`` writes one self-contained ``.onnx`` file with a dynamic batch axis (input ``images``,
-output ``logits``), runs it in onnxruntime on CPU and refuses it if its outputs drift from PyTorch's.
+ONNX export, checked against onnxruntime, is :mod:`lightnets.onnx_export` (``export_onnx``, re-exported here).
 
 ``export_safetensors`` writes the state dict as ``.safetensors`` plus ``<stem>.json``, which names the model
 and its kwargs so that ``load_safetensors_model`` can rebuild it with nothing else; ``load_weights_into``
@@ -12,21 +11,26 @@ onnx, onnxruntime and safetensors are optional (``pip install 'lightnets[export]
 
 from __future__ import annotations
 
-import copy
-import importlib
 import json
-import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from lightnets.checkpoint import weights_fit_report
 from lightnets.files import atomic_path
+from lightnets.models._helpers import PRETRAINED_CFG_KEYS, load_weights, model_label, read_weights, weights_fit_report
+from lightnets.models._safetensors import (
+    check_names,
+    read_safetensors,
+    read_sidecar,
+    require_module,
+    sidecar_path,
+)
+from lightnets.onnx_export import export_onnx
 
 __all__ = [
+    "export_model",
     "export_onnx",
     "export_safetensors",
     "load_safetensors_model",
@@ -34,222 +38,12 @@ __all__ = [
     "sidecar_path",
 ]
 
-INPUT_NAME = "images"
-OUTPUT_NAME = "logits"
 # Sidecar keys written by export_safetensors itself; ``extra`` may not overwrite them.
 _RESERVED_SIDECAR_KEYS = ("format", "model_name", "model_kwargs", "classes", "lightnets_version")
 _SIDECAR_FORMAT = "lightnets-safetensors"
 
 
-def _require(module: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ImportError(
-            f"{module.split('.')[0]} is needed for export but is not installed; run `pip install 'lightnets[export]'`"
-        ) from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-# --------------------------------------------------------------------------------------------------- ONNX
-
-
-def _input_channels(model: nn.Module) -> int:
-    # timm baselines may be built with in_chans != 3; the first conv says what the model eats.
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            return module.in_channels
-    return 3
-
-
-def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
-    with warnings.catch_warnings():
-        # Chosen on purpose (see export_onnx); its deprecation notice would only be noise for the user.
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-        warnings.filterwarnings("ignore", message=".*feature will be removed.*")
-        torch.onnx.export(
-            model,
-            (example,),
-            str(path),
-            dynamo=False,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            opset_version=opset,
-            do_constant_folding=True,
-        )
-
-
-def _export_dynamo(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
-    # A positional spec, so the forward argument may have any name.
-    dynamic_shapes = ({0: torch.export.Dim("batch")},)
-    program = torch.onnx.export(
-        model,
-        (example,),
-        dynamo=True,
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        dynamic_shapes=dynamic_shapes,
-        opset_version=opset,
-        optimize=True,
-        verbose=False,
-    )
-    program.save(str(path), external_data=False)
-
-
-# TorchScript first: for these plain CNNs it gives the same graph as the dynamo exporter in a fraction of
-# the time (about 0.5 s against 5 s per model here). Dynamo is the fallback for when TorchScript export is
-# refused or, in a later torch, gone.
-_EXPORTERS = (("torchscript", _export_torchscript), ("dynamo", _export_dynamo))
-
-
-def _onnx_session(path: Path) -> Any:
-    ort = _require("onnxruntime")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    # A check runs a few small batches; spin-waiting threads would only steal cores from everything else.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
-def export_onnx(
-    model: nn.Module,
-    path: str | Path,
-    input_size: int,
-    *,
-    opset: int = 18,
-    check: bool = True,
-    check_batch_sizes: tuple[int, ...] = (1, 4),
-    rtol: float = 1e-4,
-) -> dict:
-    """Export ``model`` to one ``.onnx`` file with a dynamic batch axis, checked against onnxruntime.
-
-    The model is exported as given (pass ``reparameterize_model(model)`` for the deploy form) in eval mode;
-    its training flag is restored afterwards. A model that is not on the CPU is exported from a CPU copy.
-    With ``check``, the file must pass ``onnx.checker`` and, at every batch size in ``check_batch_sizes``,
-    onnxruntime's output on random input must match PyTorch's to ``max|diff| / max|torch| <= rtol``;
-    otherwise a ValueError is raised and ``path`` is left as it was. The file replaces ``path`` atomically.
-
-    Returns ``{path, opset, input_size, max_abs_diff: {batch: float}, max_rel_diff: {batch: float},
-    exporter, export_seconds}`` (the diff dicts are empty without ``check``).
-    """
-    onnx = _require("onnx")
-    path = Path(path)
-    if input_size < 1:
-        raise ValueError(f"input_size must be a positive number of pixels, got {input_size}")
-    if check and not check_batch_sizes:
-        raise ValueError("check_batch_sizes is empty; give at least one batch size or pass check=False")
-
-    was_training = model.training
-    source = model
-    if any(t.device.type != "cpu" for t in [*model.parameters(), *model.buffers()]):
-        # onnxruntime runs on the CPU, and the comparison must not pick up TF32 or GPU kernel differences.
-        source = copy.deepcopy(model).cpu()
-    source.eval()
-    channels = _input_channels(source)
-    generator = torch.Generator().manual_seed(0)
-    # Batch 2, not 1: a size-1 dimension can be specialised into the graph as a constant.
-    example = torch.randn(2, channels, input_size, input_size, generator=generator)
-
-    result: dict[str, Any] = {"path": str(path), "opset": opset, "input_size": input_size}
-    try:
-        # A model that cannot run at this size would fail in every exporter, the slow fallback included.
-        try:
-            with torch.no_grad():
-                source(example)
-        except Exception as error:
-            raise ValueError(
-                f"{_model_label(model)} does not run on a {tuple(example.shape)} input ({_first_line(error)}); "
-                "pick an input_size the model supports"
-            ) from None
-        with atomic_path(path) as tmp:
-            start = time.perf_counter()
-            failures = []
-            for exporter_name, exporter in _EXPORTERS:
-                try:
-                    exporter(source, example, tmp, opset)
-                    break
-                except Exception as error:
-                    failures.append(f"{exporter_name}: {_first_line(error)}")
-            else:
-                raise ValueError(f"ONNX export of {_model_label(model)} failed ({'; '.join(failures)})")
-            result["exporter"] = exporter_name
-            result["export_seconds"] = round(time.perf_counter() - start, 3)
-            result["max_abs_diff"], result["max_rel_diff"] = {}, {}
-            if check:
-                try:
-                    # The path form also works for files past the 2 GB protobuf limit.
-                    onnx.checker.check_model(str(tmp))
-                except Exception as error:
-                    raise ValueError(
-                        f"exported ONNX for {_model_label(model)} is invalid: {_first_line(error)}"
-                    ) from None
-                _check_against_onnxruntime(source, tmp, path, channels, input_size, check_batch_sizes, rtol, result)
-    finally:
-        source.train(was_training)
-    return result
-
-
-def _check_against_onnxruntime(
-    model: nn.Module,
-    onnx_path: Path,
-    final_path: Path,
-    channels: int,
-    input_size: int,
-    batch_sizes: tuple[int, ...],
-    rtol: float,
-    result: dict[str, Any],
-) -> None:
-    session = _onnx_session(onnx_path)
-    generator = torch.Generator().manual_seed(1)
-    for batch in batch_sizes:
-        images = torch.randn(batch, channels, input_size, input_size, generator=generator)
-        with torch.no_grad():
-            expected = model(images).float()
-        try:
-            (actual,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
-        except Exception as error:
-            raise ValueError(f"onnxruntime could not run {final_path} at batch {batch}: {_first_line(error)}") from None
-        actual = torch.from_numpy(actual)
-        if actual.shape != expected.shape:
-            raise ValueError(
-                f"onnxruntime output of {final_path} at batch {batch} has shape {tuple(actual.shape)}, "
-                f"PyTorch's has {tuple(expected.shape)}"
-            )
-        max_abs = (actual - expected).abs().max().item()
-        scale = expected.abs().max().item()
-        max_rel = max_abs / scale if scale > 0 else max_abs
-        result["max_abs_diff"][batch] = max_abs
-        result["max_rel_diff"][batch] = max_rel
-        # Written so that a NaN difference fails too.
-        if not max_rel <= rtol:
-            raise ValueError(
-                f"ONNX check failed for {final_path} at batch {batch}: max abs diff {max_abs:.3g}, "
-                f"relative to max |output| {scale:.3g} is {max_rel:.3g} > rtol {rtol:.3g}; "
-                "the file was not written"
-            )
-
-
-def _model_label(model: nn.Module) -> str:
-    name = getattr(model, "model_name", None)
-    return repr(name) if name else type(model).__name__
-
-
 # -------------------------------------------------------------------------------------------- safetensors
-
-
-def sidecar_path(path: str | Path) -> Path:
-    """The JSON sidecar of a weights file: ``w.safetensors`` -> ``w.json``, any other ``w.ext`` -> ``w.ext.json``."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        return path.with_suffix(".json")
-    return path.with_name(path.name + ".json")
 
 
 def _jsonable(value: Any, where: str) -> Any:
@@ -306,7 +100,7 @@ def export_safetensors(
     """
     from lightnets import __version__
 
-    safetensors_torch = _require("safetensors.torch")
+    safetensors_torch = require_module("safetensors.torch")
     path = Path(path)
     built_as = getattr(model, "model_name", None)
     if built_as and built_as != model_name:
@@ -345,53 +139,10 @@ def export_safetensors(
     return path
 
 
-def _read_sidecar(path: Path) -> dict[str, Any]:
-    side = sidecar_path(path)
-    if not path.is_file():
-        raise ValueError(f"weights file {path} does not exist")
-    if not side.is_file():
-        raise ValueError(
-            f"{path} has no sidecar {side.name}; it holds the model name and kwargs, so export with "
-            "lightnets.export.export_safetensors or load the weights into a built model with load_weights_into"
-        )
-    try:
-        sidecar = json.loads(side.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"sidecar {side} is not readable JSON: {_first_line(error)}") from None
-    if not isinstance(sidecar, dict) or not isinstance(sidecar.get("model_name"), str):
-        raise ValueError(f"sidecar {side} lacks a model_name; re-export with lightnets.export.export_safetensors")
-    if not isinstance(sidecar.get("model_kwargs", {}), dict):
-        raise ValueError(f"sidecar {side} has model_kwargs that are not a JSON object")
-    return sidecar
-
-
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    safetensors = _require("safetensors")
-    safetensors_torch = _require("safetensors.torch")
-    try:
-        with safetensors.safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        tensors = safetensors_torch.load_file(str(path))
-    except Exception as error:
-        raise ValueError(f"{path} is not a readable safetensors file: {_first_line(error)}") from None
-    return tensors, metadata
-
-
-def _check_names(path: Path, *names: tuple[str, str | None]) -> None:
-    """Every (where, name) pair that is set must name the same model."""
-    known = [(where, name) for where, name in names if name]
-    for where, name in known[1:]:
-        if name != known[0][1]:
-            raise ValueError(
-                f"{path}: {known[0][0]} says model {known[0][1]!r} but {where} says {name!r}; "
-                "use the weights with the model they were exported from"
-            )
-
-
 def _load_strict(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path, hint: str = "") -> None:
     problem = weights_fit_report(model, tensors)
     if problem:
-        raise ValueError(f"weights in {path} do not fit model {_model_label(model)}: {problem}{hint}")
+        raise ValueError(f"weights in {path} do not fit model {model_label(model)}: {problem}{hint}")
     model.load_state_dict(tensors, strict=True)
 
 
@@ -404,9 +155,9 @@ def load_safetensors_model(path: str | Path) -> nn.Module:
     from lightnets.models import create_model, reparameterize_model
 
     path = Path(path)
-    sidecar = _read_sidecar(path)
-    tensors, metadata = _read_safetensors(path)
-    _check_names(
+    sidecar = read_sidecar(path)
+    tensors, metadata = read_safetensors(path)
+    check_names(
         path,
         (f"sidecar {sidecar_path(path).name}", sidecar["model_name"]),
         ("its metadata", metadata.get("model_name")),
@@ -422,57 +173,90 @@ def load_safetensors_model(path: str | Path) -> nn.Module:
     return model.eval()
 
 
-def _is_safetensors(path: Path) -> bool:
-    if path.suffix == ".safetensors":
-        return True
-    if path.suffix in (".pt", ".pth") or not path.is_file():
-        return False
-    # A safetensors file starts with an 8-byte header length and then the JSON header itself.
-    with path.open("rb") as handle:
-        return handle.read(9)[8:] == b"{"
-
-
-def load_weights_into(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a ``.safetensors`` export or a lightnets ``.pt`` checkpoint (or run directory) into ``model``.
+def load_weights_into(model: nn.Module, path: str | Path, *, ema: bool = False) -> nn.Module:
+    """Load a ``.safetensors`` export, a lightnets ``.pt`` checkpoint (or run directory), or an authors'
+    checkpoint into ``model``.
 
     The file's model name must match ``model.model_name`` when that is set. Loading is strict. A deploy-form
     safetensors export into a training-form model returns the model's deploy form (a new module, eval mode);
     otherwise ``model`` itself is returned with its training flag unchanged. ``classes`` is attached when the
-    file has them.
+    file has them. An authors' file is converted by the ``checkpoint_filter_fn`` of the model's family, and
+    ``ema`` picks its EMA weights.
     """
-    from lightnets.models import reparameterize_model
+    return load_weights(model, read_weights(path, ema=ema))
 
-    path = Path(path)
-    expected = getattr(model, "model_name", None)
-    if _is_safetensors(path):
-        if not path.is_file():
-            raise ValueError(f"weights file {path} does not exist")
-        # Optional here: the model is already built, so the sidecar only serves to cross-check the name.
-        sidecar = _read_sidecar(path) if sidecar_path(path).is_file() else {}
-        tensors, metadata = _read_safetensors(path)
-        _check_names(
-            path,
-            ("the model", expected),
-            (f"sidecar {sidecar_path(path).name}", sidecar.get("model_name")),
-            ("its metadata", metadata.get("model_name")),
+
+def export_model(
+    out: str | Path,
+    fmt: str,
+    *,
+    model_name: str | None = None,
+    checkpoint: str | Path | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    ema: bool = False,
+    deploy: bool = False,
+    input_size: int | None = None,
+    num_classes: int | None = None,
+) -> Path:
+    """``lightnets export``: the model of ``checkpoint`` (or ``model_name``, untrained) as ONNX or safetensors.
+
+    A file that names its model needs no ``model_name``; the authors' files do. The inputs the weights expect (the
+    authors' mean, std and channel order) are recorded in the ONNX metadata or the safetensors sidecar.
+    """
+    from lightnets.models import create_model, reparameterize_model
+
+    kwargs = dict(model_kwargs or {})
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    classes, weights = None, None
+    if checkpoint:
+        weights = read_weights(checkpoint, ema=ema)
+        if weights.model_name:
+            if model_name and model_name != weights.model_name:
+                raise ValueError(
+                    f"checkpoint {checkpoint} holds {weights.model_name!r}, not {model_name!r}; drop --model"
+                )
+            model_name = weights.model_name
+        elif not model_name:
+            raise ValueError(f"{weights.path} ({weights.describe()}) does not name its model; give --model NAME")
+        # The file's kwargs (e.g. num_classes) first: the export must rebuild the model it holds.
+        kwargs = {**weights.model_kwargs, **kwargs}
+        classes = weights.classes
+    elif ema:
+        raise ValueError("--ema selects the EMA weights of a --checkpoint; give one")
+    if not model_name:
+        raise ValueError("give --model NAME (or --checkpoint CKPT, which names its model)")
+    model = create_model(model_name, **kwargs).eval()
+    if weights is not None:
+        model = load_weights(model, weights).eval()
+        print(f"loaded {model.pretrained_cfg['loaded']} from {weights.path}")
+    if deploy:
+        model = reparameterize_model(model)
+    # The inputs the weights expect (the authors' mean, std, channel order) travel with the exported file.
+    cfg = getattr(model, "pretrained_cfg", {})
+    preprocess = {key: cfg[key] for key in PRETRAINED_CFG_KEYS if key in cfg}
+    out = Path(out)
+    if fmt == "onnx":
+        size = input_size or int(preprocess.get("input_size") or getattr(model, "default_input_size", 224))
+        metadata = {key: json.dumps(value) for key, value in preprocess.items()}
+        result = export_onnx(model, out, size, metadata=metadata)
+        diffs = ", ".join(
+            f"batch {b}: max abs {result['max_abs_diff'][b]:.2e} (rel {result['max_rel_diff'][b]:.2e})"
+            for b in result["max_abs_diff"]
         )
-        deploy = bool(sidecar.get("deploy", metadata.get("deploy") == "true"))
-        if deploy and weights_fit_report(model, tensors):
-            # The file is the deploy form and the model is not (yet): fold it first, then the keys agree.
-            model = reparameterize_model(model)
-        _load_strict(model, tensors, path)
-        classes = sidecar.get("classes")
+        print(f"wrote {out} ({result['exporter']}, opset {result['opset']}, input {size}); onnxruntime check: {diffs}")
     else:
-        from lightnets.checkpoint import CheckpointError, load_checkpoint
-
-        state = load_checkpoint(path)
-        checkpoint_path = Path(state.get("path", path))
-        try:
-            _check_names(checkpoint_path, ("the model", expected), ("the checkpoint", state["model_name"]))
-            _load_strict(model, state["model"], checkpoint_path)
-        except ValueError as error:
-            raise CheckpointError(str(error)) from None
-        classes = state.get("classes")
-    if classes is not None:
-        model.classes = list(classes)
-    return model
+        path = export_safetensors(
+            model,
+            out,
+            model_name=model_name,
+            model_kwargs=kwargs,
+            classes=classes,
+            extra={"deploy": deploy, **preprocess},
+        )
+        print(
+            f"wrote {path} and its sidecar; load with lightnets.create_model({model_name!r}, checkpoint={str(path)!r})"
+        )
+    if preprocess:
+        print("inputs it expects: " + ", ".join(f"{key} {value}" for key, value in preprocess.items()))
+    return out

@@ -207,16 +207,23 @@ def steps_per_epoch(count: int, batch_size: int, max_steps: int | None = None) -
 
 
 class Preprocess(nn.Module):
-    """uint8 batch -> normalised float batch at the model's input size, on the device."""
+    """uint8 batch -> normalised float batch at the model's input size, on the device.
 
-    def __init__(self, mean, std, input_size: int, channels_last: bool) -> None:
+    ``bgr`` flips the RGB batch to BGR first, for models trained on BGR input (megvii's ShuffleNet); ``mean`` and
+    ``std`` are then in BGR order too.
+    """
+
+    def __init__(self, mean, std, input_size: int, channels_last: bool, bgr: bool = False) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean).reshape(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(std).reshape(1, 3, 1, 1) * 255)
         self.input_size = input_size
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.bgr = bgr
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.bgr:
+            images = images.flip(1)
         x = (images.float() - self.mean) / self.std
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)

@@ -20,6 +20,11 @@ Where the released code differs from the paper's reference point (MobileNetV3), 
   stem as 3*3*16), so the paper reports 5.99 M for Large 1.0x; a faithful model has ~6.08 M. Its MAC
   count (216.9 M) is right.
 
+The authors' PyTorch port (``pytorch/asymmnet.py``) has no saving code; a bare state dict of it (``module.``
+keys or not) loads through ``create_model(name, checkpoint=PATH)``, :func:`checkpoint_filter_fn` renaming the
+keys. Their released model was trained in MXNet on RGB input normalised with mean (123.68, 116.779, 103.939)
+and std (58.393, 57.12, 57.375) on the 0-255 scale, which ``AUTHORS_PRETRAINED_CFG`` records.
+
 CIFAR form: the stem and the first stride-2 bottleneck get stride 1, so the last stage runs at 4x4.
 
 Training stability (not architecture): with ``zero_init_last=True`` (the default) the BN after the projecting
@@ -37,6 +42,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from lightnets.models._helpers import remap_state_dict
 from lightnets.models.layers import (
     ClassifierModel,
     ConvBnAct,
@@ -246,6 +252,51 @@ class AsymmNet(ClassifierModel):
         x = self.head_act(self.conv_head(x)).flatten(1)
         x = self.drop(x)
         return x if pre_logits else self.classifier(x)
+
+
+# The authors' MXNet training (train.py): RGB, mean/std on 0-255 (here on 0-1), resize 256, centre crop 224.
+AUTHORS_PRETRAINED_CFG = {
+    "source": "Spark001/AsymmNet (pytorch/asymmnet.py; MXNet train.py preprocessing)",
+    "mean": tuple(v / 255 for v in (123.68, 116.779, 103.939)),
+    "std": tuple(v / 255 for v in (58.393, 57.12, 57.375)),
+    "channel_order": "RGB",
+    "input_size": 224,
+    "crop_pct": 0.875,
+    "interpolation": "bilinear",
+}
+
+# Our module -> the authors' (their _BasicUnit has .conv/.bn like our ConvBnAct; the stem and head are Sequentials).
+_MODULES = {
+    "stem.conv": "first_block.0",
+    "stem.bn": "first_block.1",
+    "conv_squeeze.conv": "last_block.0",
+    "conv_squeeze.bn": "last_block.1",
+    "conv_head": "last_block.4",
+    "classifier": "output",
+}
+_BLOCK_MODULES = {"expand": "expand", "dw": "dw_conv", "project": "pw_conv_linear", "se.reduce": "se.out.0"}
+_BLOCK_MODULES["se.expand"] = "se.out.2"
+
+
+def authors_key_map(model: AsymmNet) -> dict[str, str]:
+    """The authors' name of every key of ``model``'s state dict (their PyTorch port)."""
+    names = {}
+    for key in model.state_dict():
+        module, leaf = key.rsplit(".", 1)
+        if module in _MODULES:
+            names[key] = f"{_MODULES[module]}.{leaf}"
+            continue
+        _, index, inner = module.split(".", 2)  # blocks.<i>.<inner>
+        part = next(p for p in _BLOCK_MODULES if inner == p or inner.startswith(p + "."))
+        names[key] = f"asymm_block.{index}.{_BLOCK_MODULES[part]}{inner[len(part) :]}.{leaf}"
+    return names
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: AsymmNet) -> dict[str, torch.Tensor]:
+    """Rename the authors' keys (``module.`` already stripped) to lightnets'; lightnets' own keys pass unchanged."""
+    if "first_block.0.weight" not in state_dict:
+        return state_dict
+    return remap_state_dict(state_dict, model, authors_key_map(model))
 
 
 def _create_asymmnet(variant: str, width_mult: float, cifar: bool = False, **kwargs) -> AsymmNet:

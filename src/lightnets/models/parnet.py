@@ -24,8 +24,16 @@ no bias. The SSE gate is computed from the identity-BN output. In the deploy for
 conv with bias (the 1x1 branch and, for stride 2, the avg-pool + 1x1 branch are folded into the 3x3);
 the identity-BN x SSE branch and the two input BNs of each fusion block stay as they are.
 
-Downsampling blocks need even input sizes (the avg-pool and the stride-2 conv must agree), which holds
-at 224 and 32.
+Activation (``act_layer``): ``"silu"`` (default) is the paper's, and what the released configs mean to select
+(``additional_branches: swish``). ``"relu"`` is what the released code actually runs: its yamls nest the list
+(``[['swish']]``), so its test ``'swish' in additional_branches`` is False and every block gets ReLU. Weights
+trained with that code, such as the released checkpoints, need ``act_layer="relu"``; with it, lightnets' outputs
+equal the authors' (``benchmarks/authors_equivalence.py``).
+
+The authors' timm ``CheckpointSaver`` files load through ``create_model(name, checkpoint=PATH, act_layer="relu")``
+(``state_dict``, as their ``validate.py``; ``state_dict_ema`` with ``ema=True``), :func:`checkpoint_filter_fn`
+renaming the keys; their inputs take timm's ImageNet preprocessing (``AUTHORS_PRETRAINED_CFG``). Downsampling
+blocks need even input sizes (the avg-pool and the stride-2 conv must agree), which holds at 224 and 32.
 
 CIFAR form: the first two downsampling blocks (depths 1 and 2) have stride 1, so the streams run at
 32, 16 and 8 pixels and the final downsampling block ends at 4x4.
@@ -39,12 +47,14 @@ the first epoch worse (19.8 % against 24.3 % test top-1, widths (32, 64, 128, 51
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightnets.models._helpers import remap_state_dict
 from lightnets.models.layers import ChannelShuffle, ClassifierModel, ConvBnAct, global_pool, init_weights, pad_kernel_to
 from lightnets.models.registry import register_model
 
@@ -165,15 +175,21 @@ class ParNetFusion(nn.Module):
     higher-resolution side; the interleaved order is direct0, side0, direct1, side1, ...
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 2) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int = 2, act_layer: type[nn.Module] = nn.SiLU
+    ) -> None:
         super().__init__()
         self.bn_direct = nn.BatchNorm2d(in_channels)
         self.bn_side = nn.BatchNorm2d(in_channels)
-        self.block = ParNetDownsample(2 * in_channels, out_channels, stride=stride, groups=2)
+        self.block = ParNetDownsample(2 * in_channels, out_channels, stride=stride, groups=2, act_layer=act_layer)
 
     def forward(self, direct: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
         x = torch.stack([self.bn_direct(direct), self.bn_side(side)], dim=2).flatten(1, 2)
         return self.block(x)
+
+
+# "silu": the paper (and the released configs' intent); "relu": the released code as it runs (module docstring).
+ACT_LAYERS: dict[str, type[nn.Module]] = {"silu": nn.SiLU, "relu": nn.ReLU}
 
 
 @dataclass(frozen=True)
@@ -199,8 +215,13 @@ class ParNet(ClassifierModel):
         cifar: bool = False,
         drop_rate: float | None = None,
         in_chans: int = 3,
+        act_layer: str = "silu",
     ) -> None:
         super().__init__()
+        if act_layer not in ACT_LAYERS:
+            raise ValueError(f"act_layer must be one of {sorted(ACT_LAYERS)}, got {act_layer!r}")
+        self.act_layer = act_layer
+        act = ACT_LAYERS[act_layer]
         self.default_input_size = 32 if cifar else 224
         c1, c2, c3, c_last = config.widths
         depth1, depth2, depth3 = config.stream_depths
@@ -208,17 +229,19 @@ class ParNet(ClassifierModel):
         early_stride = 1 if cifar else 2
         # Depths 1-4: a chain of downsampling blocks whose outputs at depths 2, 3, 4 feed streams 1, 2, 3.
         self.stem = nn.Sequential(
-            ParNetDownsample(in_chans, stem_width, stride=early_stride),
-            ParNetDownsample(stem_width, c1, stride=early_stride),
+            ParNetDownsample(in_chans, stem_width, stride=early_stride, act_layer=act),
+            ParNetDownsample(stem_width, c1, stride=early_stride, act_layer=act),
         )
-        self.down_to_stream2 = ParNetDownsample(c1, c2)
-        self.down_to_stream3 = ParNetDownsample(c2, c3)
-        self.stream1 = nn.Sequential(*[ParNetBlock(c1) for _ in range(depth1)], ParNetDownsample(c1, c2))
-        self.stream2 = nn.Sequential(*[ParNetBlock(c2) for _ in range(depth2)])
-        self.stream3 = nn.Sequential(*[ParNetBlock(c3) for _ in range(depth3)])
-        self.fuse2 = ParNetFusion(c2, c3, stride=2)
-        self.fuse3 = ParNetFusion(c3, c3, stride=1)
-        self.final_down = ParNetDownsample(c3, c_last)
+        self.down_to_stream2 = ParNetDownsample(c1, c2, act_layer=act)
+        self.down_to_stream3 = ParNetDownsample(c2, c3, act_layer=act)
+        self.stream1 = nn.Sequential(
+            *[ParNetBlock(c1, act) for _ in range(depth1)], ParNetDownsample(c1, c2, act_layer=act)
+        )
+        self.stream2 = nn.Sequential(*[ParNetBlock(c2, act) for _ in range(depth2)])
+        self.stream3 = nn.Sequential(*[ParNetBlock(c3, act) for _ in range(depth3)])
+        self.fuse2 = ParNetFusion(c2, c3, stride=2, act_layer=act)
+        self.fuse3 = ParNetFusion(c3, c3, stride=1, act_layer=act)
+        self.final_down = ParNetDownsample(c3, c_last, act_layer=act)
         self.num_features = self.head_hidden_size = c_last
         self.drop = nn.Dropout(config.drop_rate if drop_rate is None else drop_rate)
         self.reset_classifier(num_classes)
@@ -243,6 +266,89 @@ PARNET_CONFIGS: dict[str, ParNetConfig] = {
     "l": ParNetConfig(widths=(160, 320, 640, 2560), drop_rate=0.1),
     "xl": ParNetConfig(widths=(200, 400, 800, 3200), drop_rate=0.1),
 }
+
+
+# timm's defaults for the authors' SimpNet (simplenet.py, _cfg_224): ImageNet mean/std, crop 0.875, bilinear.
+AUTHORS_PRETRAINED_CFG = {
+    "source": "imankgoyal/NonDeepNetworks (imagenet/train.py, timm CheckpointSaver)",
+    "mean": (0.485, 0.456, 0.406),
+    "std": (0.229, 0.224, 0.225),
+    "channel_order": "RGB",
+    "input_size": 224,
+    "crop_pct": 0.875,
+    "interpolation": "bilinear",
+}
+
+# Inside a block: our submodule -> the authors' (RepVGGBlock in simplenet_impl/repvgg.py).
+_BLOCK_KEYS = {
+    "conv3x3.conv": "rbr_dense.conv",
+    "conv3x3.bn": "rbr_dense.bn",
+    "sse_bn": "rbr_identity",
+    "sse_gate": "se.cvsig.conv",
+    "gate": "se.cvsig.conv",
+}
+
+
+def _authors_modules(model: ParNet) -> dict[str, str]:
+    """Our block or BN prefix -> the authors' module path in SimpNet (simplenet_impl/simpnet.py)."""
+    depth1 = len(model.stream1) - 1  # stream 1 ends with its C1 -> C2 downsampling block
+    modules = {
+        "stem.0": "inits.0.0.block",
+        "stem.1": "inits.0.1.block",
+        "down_to_stream2": "inits.1.block",
+        "down_to_stream3": "inits.2.block",
+        f"stream1.{depth1}": "downsamples_2.0.block",
+        "fuse2.bn_direct": "downsamples_2.1.0.b1",
+        "fuse2.bn_side": "downsamples_2.1.0.b2",
+        "fuse2.block": "downsamples_2.1.2.block",
+        "fuse3.bn_direct": "combine.0.b1",
+        "fuse3.bn_side": "combine.0.b2",
+        "fuse3.block": "combine.2.block",
+        "final_down": "combine.3.block",
+        "classifier": "head.fc",
+    }
+    for stream_index, stream in enumerate((model.stream1, model.stream2, model.stream3)):
+        for i, block in enumerate(stream):
+            if isinstance(block, ParNetBlock):
+                modules[f"stream{stream_index + 1}.{i}"] = f"streams.{stream_index}.{i}.block"
+    return modules
+
+
+def authors_key_map(model: ParNet) -> dict[str, str]:
+    """The authors' name of every key of ``model``'s state dict (training form)."""
+    modules = _authors_modules(model)
+    blocks = dict(model.named_modules())
+    names = {}
+    for key in model.state_dict():
+        prefix = max((p for p in modules if key.startswith(p + ".")), key=len)
+        rest = key[len(prefix) + 1 :]
+        block = blocks[prefix]
+        if rest.startswith("conv1x1."):
+            # A stride-2 block's 1x1 branch is Sequential(AvgPool2d, conv_bn) in their code, hence the ".1".
+            pooled = isinstance(block, ParNetDownsample) and block.stride == 2
+            theirs = ("rbr_1x1.1." if pooled else "rbr_1x1.") + rest[len("conv1x1.") :]
+        else:
+            inner = max((p for p in _BLOCK_KEYS if rest.startswith(p + ".")), key=len, default=None)
+            theirs = rest if inner is None else _BLOCK_KEYS[inner] + rest[len(inner) :]
+        names[key] = f"{modules[prefix]}.{theirs}"
+    return names
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: ParNet) -> dict[str, torch.Tensor]:
+    """Rename the authors' keys (``module.`` already stripped) to lightnets'; lightnets' own keys pass unchanged.
+
+    The file does not say which activation it was trained with; the released code runs ReLU (module docstring),
+    so a SiLU model gets a warning.
+    """
+    if "inits.0.0.block.rbr_dense.conv.weight" not in state_dict:
+        return state_dict
+    if model.act_layer != "relu":
+        warnings.warn(
+            "loading weights of the authors' ParNet code into a SiLU ParNet: their released code runs ReLU blocks, "
+            "so weights it trained need act_layer='relu'",
+            stacklevel=2,
+        )
+    return remap_state_dict(state_dict, model, authors_key_map(model))
 
 
 def _create_parnet(variant: str, cifar: bool = False, **kwargs) -> ParNet:

@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from lightnets.models._helpers import load_weights, read_weights
+
 _MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 BASELINE_PREFIXES = ("tv:", "timm:")
 
@@ -60,36 +62,29 @@ def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Modu
     """Build a model by registered name, or a baseline as ``tv:NAME`` / ``timm:NAME``.
 
     ``num_classes`` defaults to the form's own (1000 for ImageNet forms, 10 for ``*_cifar``).
-    Extra keyword arguments go to the builder (e.g. ``drop_rate``, ``widths``). ``checkpoint=PATH`` loads
-    weights from a ``.safetensors`` export (with its JSON sidecar) or a lightnets ``.pt`` checkpoint.
+    Extra keyword arguments go to the builder (e.g. ``drop_rate``, ``widths``).
+
+    ``checkpoint=PATH`` loads weights from a ``.safetensors`` export (with its JSON sidecar), a lightnets ``.pt``
+    checkpoint, or a checkpoint of the authors' own training code (see ``lightnets.models._helpers``), whose keys
+    the family's ``checkpoint_filter_fn`` converts; ``ema=True`` picks the EMA weights of a file that has both.
+    The model's ``pretrained_cfg`` then says which weights were loaded and how inputs must be preprocessed
+    for them (the authors' mean, std and channel order for their files).
     """
     checkpoint = kwargs.pop("checkpoint", None)
+    ema = bool(kwargs.pop("ema", False))
+    weights = None
     if checkpoint is not None:
+        weights = read_weights(checkpoint, ema=ema)
         # The file records the kwargs it was built with (e.g. num_classes); explicit ones still win.
-        kwargs = {**_saved_model_kwargs(checkpoint), **kwargs}
+        kwargs = {**weights.model_kwargs, **kwargs}
+    elif ema:
+        raise ValueError("ema=True selects the EMA weights of a checkpoint; pass checkpoint=PATH too")
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     model = _build(name, **kwargs)
-    if checkpoint is not None:
-        from lightnets.export import load_weights_into
-
-        model = load_weights_into(model, checkpoint)
+    if weights is not None:
+        model = load_weights(model, weights)
     return model
-
-
-def _saved_model_kwargs(path) -> dict:
-    import json
-    from pathlib import Path
-
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from lightnets.export import sidecar_path
-
-        sidecar = sidecar_path(path)
-        return dict(json.loads(sidecar.read_text()).get("model_kwargs", {})) if sidecar.is_file() else {}
-    from lightnets.checkpoint import load_checkpoint
-
-    return dict(load_checkpoint(path)["model_kwargs"])
 
 
 def _build(name: str, **kwargs) -> nn.Module:

@@ -9,6 +9,12 @@ are concatenated, a linear 1x1 back to full width, residual, ReLU). It is genera
 ``serial_depth`` (S) and ``groups`` (P) so that the paper's three group-convolution types can be built
 for ablation: serial group conv (P=1), parallel group conv (S=1) and serial-parallel (S=2, the default).
 
+Checkpoints of the authors' code load through ``create_model(name, checkpoint=PATH)``: their training script's
+``{'state_dict': ...}`` (DistributedDataParallel, ``module.`` keys), its separate EMA file ``{'state_dict_ema':
+...}``, and the README's release layout ``{'state_dict': ...}`` with plain keys; :func:`checkpoint_filter_fn`
+renames the keys. Their inputs are RGB in [0, 1] without mean/std normalisation (``ToTensor`` only, in
+``train_dist_ema.py``), which ``AUTHORS_PRETRAINED_CFG`` records.
+
 CIFAR form: both stem convs have stride 1, so the three stages run at 16, 8 and 4 pixels.
 
 Training stability (not architecture): with ``zero_init_last=True`` (the default) the BN of every block's
@@ -25,6 +31,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from lightnets.models._helpers import remap_state_dict
 from lightnets.models.layers import (
     ClassifierModel,
     ConvBnAct,
@@ -163,6 +170,65 @@ class SPGNet(ClassifierModel):
 
 
 SPGNET_CONFIGS: dict[str, SPGNetConfig] = {f"s2p{p}": SPGNetConfig(groups=p) for p in (6, 7, 8, 9)}
+
+
+# train_dist_ema.py evaluates Resize(256) -> CenterCrop(224) -> ToTensor(): RGB in [0, 1], no normalisation.
+AUTHORS_PRETRAINED_CFG = {
+    "source": "xiaolai-sqlai/SPGNet_TMM2021 (train_dist_ema.py)",
+    "mean": (0.0, 0.0, 0.0),
+    "std": (1.0, 1.0, 1.0),
+    "channel_order": "RGB",
+    "input_size": 224,
+    "crop_pct": 0.875,
+    "interpolation": "bilinear",
+}
+
+# Our name -> the authors' (network/spgnet.py), for the parts outside the blocks and inside a block.
+_TOP_KEYS = {"conv_head": "conv_last", "pre_logits_bn": "bn", "pre_logits": "fc", "classifier": "linear"}
+_BLOCK_KEYS = {"chain.0": "conv1", "chain.1": "conv2", "conv_in": "conv_in", "conv_out": "conv_out"}
+# The shortcut: stride 1, a ConvBnAct; stride 2, Sequential(depthwise ConvBnAct, ConvBnAct). Theirs is one
+# Sequential of bare convs and BNs.
+_SHORTCUT_KEYS = {
+    "shortcut.conv": "skip.0",
+    "shortcut.bn": "skip.1",
+    "shortcut.0.conv": "skip.0",
+    "shortcut.0.bn": "skip.1",
+    "shortcut.1.conv": "skip.2",
+    "shortcut.1.bn": "skip.3",
+}
+
+
+def authors_key_map(model: SPGNet) -> dict[str, str]:
+    """The authors' name of every key of ``model``'s state dict; their block has exactly two serial convs."""
+    blocks = [f"stages.{s}.{b}." for s, stage in enumerate(model.stages) for b in range(len(stage))]
+    names = {}
+    for key in model.state_dict():
+        module, leaf = key.rsplit(".", 1)
+        if key.startswith("stem."):
+            names[key] = "first_conv." + key[len("stem.") :]
+        elif key.startswith("stages."):
+            block = next(b for b in blocks if key.startswith(b))
+            inner = module[len(block) :]
+            part = next((p for p in _BLOCK_KEYS if inner.startswith(p + ".")), None)
+            if inner in _SHORTCUT_KEYS:
+                theirs = _SHORTCUT_KEYS[inner]  # bare convs and BNs: no ".conv" / ".bn" level below
+            elif part is not None:
+                theirs = _BLOCK_KEYS[part] + inner[len(part) :]
+            else:
+                # Only the S=2 block exists in the authors' code; a deeper chain has no counterpart.
+                raise ValueError(f"the authors' SPGNet has no counterpart of {key} (serial_depth must be 2)")
+            names[key] = f"layers.{blocks.index(block)}.{theirs}.{leaf}"
+        else:
+            top = module.split(".", 1)[0]
+            names[key] = f"{_TOP_KEYS[top]}{module[len(top) :]}.{leaf}"
+    return names
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: SPGNet) -> dict[str, torch.Tensor]:
+    """Rename the authors' keys (``module.`` already stripped) to lightnets'; lightnets' own keys pass unchanged."""
+    if "first_conv.0.conv.weight" not in state_dict:
+        return state_dict
+    return remap_state_dict(state_dict, model, authors_key_map(model))
 
 
 def _create_spgnet(variant: str, cifar: bool = False, **kwargs) -> SPGNet:

@@ -1,0 +1,210 @@
+"""ONNX export: one self-contained ``.onnx`` file with a dynamic batch axis (input ``images``, output ``logits``),
+run in onnxruntime on CPU and refused if its outputs drift from PyTorch's.
+
+onnx and onnxruntime are optional (``pip install 'lightnets[export]'``) and imported on use.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightnets.files import atomic_path
+from lightnets.models._helpers import model_label
+from lightnets.models._safetensors import first_line, require_module
+
+__all__ = ["INPUT_NAME", "OUTPUT_NAME", "export_onnx"]
+
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+
+
+def _input_channels(model: nn.Module) -> int:
+    # timm baselines may be built with in_chans != 3; the first conv says what the model eats.
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            return module.in_channels
+    return 3
+
+
+def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    with warnings.catch_warnings():
+        # Chosen on purpose (see export_onnx); its deprecation notice would only be noise for the user.
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", message=".*feature will be removed.*")
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=opset,
+            do_constant_folding=True,
+        )
+
+
+def _export_dynamo(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    # A positional spec, so the forward argument may have any name.
+    dynamic_shapes = ({0: torch.export.Dim("batch")},)
+    program = torch.onnx.export(
+        model,
+        (example,),
+        dynamo=True,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_shapes=dynamic_shapes,
+        opset_version=opset,
+        optimize=True,
+        verbose=False,
+    )
+    program.save(str(path), external_data=False)
+
+
+# TorchScript first: for these plain CNNs it gives the same graph as the dynamo exporter in a fraction of
+# the time (about 0.5 s against 5 s per model here). Dynamo is the fallback for when TorchScript export is
+# refused or, in a later torch, gone.
+_EXPORTERS = (("torchscript", _export_torchscript), ("dynamo", _export_dynamo))
+
+
+def _onnx_session(path: Path) -> Any:
+    ort = require_module("onnxruntime")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    # A check runs a few small batches; spin-waiting threads would only steal cores from everything else.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    input_size: int,
+    *,
+    opset: int = 18,
+    check: bool = True,
+    check_batch_sizes: tuple[int, ...] = (1, 4),
+    rtol: float = 1e-4,
+    metadata: dict[str, str] | None = None,
+) -> dict:
+    """Export ``model`` to one ``.onnx`` file with a dynamic batch axis, checked against onnxruntime.
+
+    The model is exported as given (pass ``reparameterize_model(model)`` for the deploy form) in eval mode;
+    its training flag is restored afterwards. A model that is not on the CPU is exported from a CPU copy.
+    With ``check``, the file must pass ``onnx.checker`` and, at every batch size in ``check_batch_sizes``,
+    onnxruntime's output on random input must match PyTorch's to ``max|diff| / max|torch| <= rtol``;
+    otherwise a ValueError is raised and ``path`` is left as it was. The file replaces ``path`` atomically.
+    ``metadata`` (str -> str) is stored in the file's ``metadata_props``, e.g. the preprocessing the weights expect.
+
+    Returns ``{path, opset, input_size, max_abs_diff: {batch: float}, max_rel_diff: {batch: float},
+    exporter, export_seconds}`` (the diff dicts are empty without ``check``).
+    """
+    onnx = require_module("onnx")
+    path = Path(path)
+    if input_size < 1:
+        raise ValueError(f"input_size must be a positive number of pixels, got {input_size}")
+    if check and not check_batch_sizes:
+        raise ValueError("check_batch_sizes is empty; give at least one batch size or pass check=False")
+
+    was_training = model.training
+    source = model
+    if any(t.device.type != "cpu" for t in [*model.parameters(), *model.buffers()]):
+        # onnxruntime runs on the CPU, and the comparison must not pick up TF32 or GPU kernel differences.
+        source = copy.deepcopy(model).cpu()
+    source.eval()
+    channels = _input_channels(source)
+    generator = torch.Generator().manual_seed(0)
+    # Batch 2, not 1: a size-1 dimension can be specialised into the graph as a constant.
+    example = torch.randn(2, channels, input_size, input_size, generator=generator)
+
+    result: dict[str, Any] = {"path": str(path), "opset": opset, "input_size": input_size}
+    try:
+        # A model that cannot run at this size would fail in every exporter, the slow fallback included.
+        try:
+            with torch.no_grad():
+                source(example)
+        except Exception as error:
+            raise ValueError(
+                f"{model_label(model)} does not run on a {tuple(example.shape)} input ({first_line(error)}); "
+                "pick an input_size the model supports"
+            ) from None
+        with atomic_path(path) as tmp:
+            start = time.perf_counter()
+            failures = []
+            for exporter_name, exporter in _EXPORTERS:
+                try:
+                    exporter(source, example, tmp, opset)
+                    break
+                except Exception as error:
+                    failures.append(f"{exporter_name}: {first_line(error)}")
+            else:
+                raise ValueError(f"ONNX export of {model_label(model)} failed ({'; '.join(failures)})")
+            result["exporter"] = exporter_name
+            result["export_seconds"] = round(time.perf_counter() - start, 3)
+            if metadata:
+                proto = onnx.load(str(tmp))
+                for key, value in metadata.items():
+                    proto.metadata_props.add(key=key, value=value)
+                onnx.save(proto, str(tmp))
+            result["max_abs_diff"], result["max_rel_diff"] = {}, {}
+            if check:
+                try:
+                    # The path form also works for files past the 2 GB protobuf limit.
+                    onnx.checker.check_model(str(tmp))
+                except Exception as error:
+                    raise ValueError(
+                        f"exported ONNX for {model_label(model)} is invalid: {first_line(error)}"
+                    ) from None
+                _check_against_onnxruntime(source, tmp, path, channels, input_size, check_batch_sizes, rtol, result)
+    finally:
+        source.train(was_training)
+    return result
+
+
+def _check_against_onnxruntime(
+    model: nn.Module,
+    onnx_path: Path,
+    final_path: Path,
+    channels: int,
+    input_size: int,
+    batch_sizes: tuple[int, ...],
+    rtol: float,
+    result: dict[str, Any],
+) -> None:
+    session = _onnx_session(onnx_path)
+    generator = torch.Generator().manual_seed(1)
+    for batch in batch_sizes:
+        images = torch.randn(batch, channels, input_size, input_size, generator=generator)
+        with torch.no_grad():
+            expected = model(images).float()
+        try:
+            (actual,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
+        except Exception as error:
+            raise ValueError(f"onnxruntime could not run {final_path} at batch {batch}: {first_line(error)}") from None
+        actual = torch.from_numpy(actual)
+        if actual.shape != expected.shape:
+            raise ValueError(
+                f"onnxruntime output of {final_path} at batch {batch} has shape {tuple(actual.shape)}, "
+                f"PyTorch's has {tuple(expected.shape)}"
+            )
+        max_abs = (actual - expected).abs().max().item()
+        scale = expected.abs().max().item()
+        max_rel = max_abs / scale if scale > 0 else max_abs
+        result["max_abs_diff"][batch] = max_abs
+        result["max_rel_diff"][batch] = max_rel
+        # Written so that a NaN difference fails too.
+        if not max_rel <= rtol:
+            raise ValueError(
+                f"ONNX check failed for {final_path} at batch {batch}: max abs diff {max_abs:.3g}, "
+                f"relative to max |output| {scale:.3g} is {max_rel:.3g} > rtol {rtol:.3g}; "
+                "the file was not written"
+            )
