@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import lightnets
-from lightnets import export
+from lightnets import onnx_export as export
 from lightnets.checkpoint import CheckpointError, save_checkpoint
 from lightnets.export import export_onnx, export_safetensors, load_safetensors_model, load_weights_into, sidecar_path
 
