@@ -9,7 +9,8 @@ read back, an interrupted one resumed, so the command can be re-run until it com
 
     python benchmarks/convergence.py                       # the CPU suite: subset 1 and 20 epochs, full 3 epochs
     python benchmarks/convergence.py --only spgnet         # the runs whose name contains "spgnet"
-    python benchmarks/convergence.py --suite gpu           # 200 epochs per family, bf16, channels_last, CUDA
+
+The GPU suite (every family on full CIFAR-10 at once, bf16, channels_last) is benchmarks/convergence_gpu.py.
 """
 
 from __future__ import annotations
@@ -83,19 +84,6 @@ def cpu_suite() -> list[Run]:
         name = f"{model}-subset-20ep-after-fp32"
         runs.append(Run(name, model, SUBSET, 20, "after", {}, ["--batch-size", "128", "--no-amp"]))
     return runs
-
-
-def gpu_suite() -> list[Run]:
-    gpu = ["--batch-size", "512", "--device", "cuda", "--amp", "--channels-last"]
-    models = [
-        "shufflenet_v1_g3_x1_0_cifar",
-        "spgnet_s2p6_cifar",
-        "asymmnet_large_x1_0_cifar",
-        "parnet_s_cifar",
-        "tv:resnet18",
-    ]
-    extra = {"tv:resnet18": {"zero_init_residual": True}}
-    return [Run(f"{m.replace(':', '-')}-full-200ep-gpu", m, FULL, 200, "after", extra.get(m, {}), gpu) for m in models]
 
 
 def run_one(run: Run, runs_dir: Path, lightnets: list[str]) -> Path:
@@ -173,12 +161,11 @@ def markdown(rows: list[dict], header: str, command: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--only", help="run only the runs whose name contains this")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "convergence")
-    parser.add_argument("--out", type=Path, default=None, help="default docs/results/convergence[_gpu]")
+    parser.add_argument("--out", type=Path, default=None, help="default docs/results/convergence")
     args = parser.parse_args()
-    runs = cpu_suite() if args.suite == "cpu" else gpu_suite()
+    runs = cpu_suite()
     if args.only:
         runs = [run for run in runs if args.only in run.name]
     lightnets = [sys.executable, "-m", "lightnets"]
@@ -191,16 +178,15 @@ def main() -> None:
             f"first grad norm {row['first_grad_norm']:.2f}, {row['wall_seconds'] / 60:.1f} min",
             flush=True,
         )
-    device = "cuda" if args.suite == "gpu" else "cpu"
-    where = device_name(device) + ("" if device == "cuda" else f" ({describe_cpu_features()})")
+    where = f"{device_name('cpu')} ({describe_cpu_features()})"
     threads = torch.get_num_threads()
     header = (
         f"Measured on {where}, {threads} threads, torch {torch.__version__}. Default recipe at batch "
         f"{rows[0]['batch_size'] if rows else '?'}, seed 0; before = every residual branch's last BN weight starts "
         "at 1 (`zero_init_last=False`, for ResNet-18 torchvision's `zero_init_residual=False`), after = the default."
     )
-    out = args.out or ROOT / "docs" / "results" / ("convergence" if args.suite == "cpu" else "convergence_gpu")
-    command = "python benchmarks/convergence.py" + ("" if args.suite == "cpu" else " --suite gpu")
+    out = args.out or ROOT / "docs" / "results" / "convergence"
+    command = "python benchmarks/convergence.py"
     if not args.only:
         out.with_suffix(".md").write_text(markdown(rows, header, command))
         meta = {"device": where, "threads": threads, "torch": torch.__version__}
