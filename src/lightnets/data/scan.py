@@ -131,17 +131,19 @@ class _Walker:
             self.visited.add((resolved, label))
             try:
                 with os.scandir(path) as entries:
-                    listing = sorted(entries, key=lambda entry: entry.name, reverse=True)
+                    listing = sorted(entries, key=lambda entry: entry.name)
             except OSError as error:
                 self.skip(path, "unreadable", f"cannot be read ({error.strerror or error})")
                 continue
+            subfolders: list[tuple[str, str, int | None]] = []
+            links: list[tuple[str, str, int | None]] = []
             for entry in listing:
                 if _is_hidden(entry.name):
                     continue
                 if entry.is_symlink():
                     target = os.path.realpath(entry.path)
                     if os.path.isdir(target):
-                        self._follow(entry.path, target, label, linked)
+                        self._follow(entry.path, target, label, links)
                     elif os.path.isfile(target):
                         files_linked.append((entry.path, target))
                     elif os.path.exists(target):
@@ -154,7 +156,7 @@ class _Walker:
                     if sub_owner is not None and sub_owner != label:  # a class folder nested in this one
                         self.skip(entry.path, "other-class", f"is the folder of class {self.names[sub_owner]}")
                     else:
-                        real.append((entry.path, sub, sub_owner))
+                        subfolders.append((entry.path, sub, sub_owner))
                 elif not entry.is_file(follow_symlinks=False):
                     self.skip(entry.path, "special")
                 elif os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
@@ -163,6 +165,8 @@ class _Walker:
                     self.outside[os.path.join(resolved, entry.name)].setdefault(label, Path(entry.path))
                 else:
                     found.append(Path(entry.path))
+            real += reversed(subfolders)  # stacks: the alphabetically first is read first
+            linked += reversed(links)
         found += self._linked_files(files_linked, label)
         self.samples += [(path, label) for path in sorted(found)]
 
@@ -183,8 +187,10 @@ class _Walker:
                 self.non_images.append(Path(path))
                 continue
             owner = self.owner(target)
-            if owner is None:
-                self.outside[target].setdefault(label, Path(path))
+            if owner is None and label in self.outside[target]:
+                self.skip(path, "duplicate", f"is another name for {target}, counted once")
+            elif owner is None:
+                self.outside[target][label] = Path(path)
             elif owner != label:
                 self.skip(path, "other-class", f"links to {target}, an image of class {self.names[owner]}")
             elif target in counted or self._read_as_itself(target, label):
