@@ -40,7 +40,7 @@ def _image_inputs(inputs: list[str]) -> tuple[list[Path], set[Path]]:
             paths.append(path)
             continue
         scan = scan_folder(path)
-        report_scans([scan], strict=False)
+        report_scans([scan], strict=False, where=f"folder {path}")
         if not scan.samples:
             raise ValueError(f"folder {path} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         paths += [image for image, _ in scan.samples]

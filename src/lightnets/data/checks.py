@@ -22,9 +22,11 @@ _STRICT_KINDS = ("broken", "unreadable", "special")
 _ALLOW = "--allow-empty-classes"
 
 
-def report_scans(scans: list[FolderScan], strict: bool) -> tuple[list[str], list[Skipped]]:
-    """One warning for the non-image files and one per kind of skipped entry; with ``strict``, unreadable
-    entries are errors. Returns the non-image files and the skipped entries of all ``scans``."""
+def report_scans(
+    scans: list[FolderScan], strict: bool, where: str = "the class folders"
+) -> tuple[list[str], list[Skipped]]:
+    """One warning for the non-image files (found in ``where``) and one per kind of skipped entry; with ``strict``,
+    unreadable entries are errors. Returns the non-image files and the skipped entries of all ``scans``."""
     ignored = [str(path) for scan in scans for path in scan.non_images]
     skipped = [entry for scan in scans for entry in scan.skipped]
     if ignored and strict:
@@ -34,7 +36,7 @@ def report_scans(scans: list[FolderScan], strict: bool) -> tuple[list[str], list
         raise ValueError(f"{bad.path} {bad.reason} (--strict refuses unreadable entries in class folders)")
     if ignored:
         more = f" and {len(ignored) - 1} more" if len(ignored) > 1 else ""
-        warnings.warn(f"ignoring non-image file {ignored[0]}{more} in the class folders", stacklevel=4)
+        warnings.warn(f"ignoring non-image file {ignored[0]}{more} in {where}", stacklevel=4)
     counts = Counter(entry.kind for entry in skipped)
     for kind, count in counts.items():
         first = next(entry for entry in skipped if entry.kind == kind)
