@@ -334,7 +334,12 @@ def test_single_folder_split(tmp_path: Path) -> None:
 
 def test_tiny_classes_keep_one_val_image(tmp_path: Path) -> None:
     root = _copy_classes(shared_file("hymenoptera") / "train", tmp_path / "imgs", {"ants": 2, "bees": 1})
-    bundle = load_dataset(f"folder:{root}", val_split=0.2)
+    # A one-image class cannot be in both splits: it would go unmeasured, which takes --allow-empty-classes.
+    with pytest.raises(ValueError, match="class bees has 1 image, so none is held out for val") as caught:
+        load_dataset(f"folder:{root}", val_split=0.2)
+    assert "--allow-empty-classes" in str(caught.value)
+    with pytest.warns(UserWarning, match="none is held out for val"):
+        bundle = load_dataset(f"folder:{root}", val_split=0.2, allow_empty_classes=True)
     assert [label for _, label in bundle.val.samples] == [0]
     assert sorted(label for _, label in bundle.train.samples) == [0, 1]
 

@@ -21,7 +21,7 @@ from lightnets.models._helpers import (
     torch_load_safely,
     weights_fit_report,
 )
-from lightnets.models._helpers import informative_line as _informative_line
+from lightnets.models._loading import informative_line as _informative_line
 
 __all__ = [
     "CheckpointError",

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lightnets.config import flag
+from lightnets.console import command_output, os_error_text
 
 __all__ = ["main"]
 
@@ -102,7 +103,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from lightnets.evaluation import run_predict
+    from lightnets.prediction import run_predict
 
     _require(args.topk, "--topk", 1)
     args.model_kwargs = _model_kwargs(args.model_arg)
@@ -316,9 +317,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     rank = _torchrun_rank()
     where = f" (rank {rank})" if rank is not None else ""
     try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"lightnets {args.command}{where}: error: {error}", file=sys.stderr)
+        with command_output(f"{args.command}{where}"):  # one line per warning; no CUDA notice on CPU machines
+            return args.func(args)
+    except (ValueError, OSError) as error:  # bad input or environment: the message names the file and the cause
+        text = os_error_text(error) if isinstance(error, OSError) else str(error)
+        print(f"lightnets {args.command}{where}: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:
         exit_code = getattr(interrupt, "exit_code", None)

@@ -162,6 +162,9 @@ class TrainConfig:
         lambda v: v in NAN_POLICIES, " or ".join(NAN_POLICIES), metavar="{stop,skip}",
     )  # fmt: skip
     strict: bool = setting(False, "an unreadable or non-image file in a folder dataset is an error, not skipped")
+    allow_empty_classes: bool = setting(
+        False, "a folder-dataset class without a readable train or val image is a warning, not an error"
+    )
     model_kwargs: dict[str, Any] = setting(  # noqa: RUF009  (setting() returns a field with a default_factory)
         {}, "builder keyword arguments", lambda v: isinstance(v, dict), "a mapping of builder keyword arguments"
     )

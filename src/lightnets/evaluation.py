@@ -1,5 +1,6 @@
-"""Evaluation: :func:`evaluate` over any batches (the training loop's and ``lightnets eval``'s), and the ``eval``
-and ``predict`` commands, for which a checkpoint is all they need besides the data.
+"""Evaluation: :func:`evaluate` over any batches (the training loop's and ``lightnets eval``'s), the ``eval``
+command, and the loading of a checkpoint for inference that ``eval`` and ``predict`` (:mod:`lightnets.prediction`)
+share; a checkpoint is all they need besides the data.
 
 A lightnets checkpoint names its model, classes and preprocessing. Any other weights file (the authors'
 training checkpoints) needs ``--model NAME``; its preprocessing then comes from the model's ``pretrained_cfg``
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightnets.checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
-from lightnets.data import IMAGENET_MEAN, IMAGENET_STD, TensorSplit, eval_transform, load_dataset, load_image_rgb
+from lightnets.data import IMAGENET_MEAN, IMAGENET_STD, TensorSplit, load_dataset
 from lightnets.data.batches import Preprocess, batches
 from lightnets.distributed import DistContext, all_reduce_sum
 from lightnets.runtime import autocast_context, resolve_device
@@ -32,9 +33,7 @@ __all__ = [
     "InferenceModel",
     "evaluate",
     "load_inference_model",
-    "predict_images",
     "run_eval",
-    "run_predict",
 ]
 
 
@@ -246,6 +245,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         input_size=loaded.input_size,
         val_split=loaded.val_split,
         seed=loaded.seed,
+        allow_empty_classes=True,  # measuring, not training: a class without images is warned about
     )
     _check_classes(loaded, args.data, bundle.classes)
     split = bundle.train if args.split == "train" else bundle.val
@@ -298,57 +298,3 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         plot_confusion(result.confusion, bundle.classes, out / "confusion.png")
         print(f"wrote {out / 'eval.json'} and {out / 'confusion.png'}")
     return report
-
-
-@torch.no_grad()
-def predict_images(
-    state: dict[str, Any] | InferenceModel, paths: list[str | Path], topk: int = 5, device: str | torch.device = "cpu"
-) -> list[dict[str, Any]]:
-    """Top-k (class, probability) for each image file, preprocessed as the checkpoint's eval split was.
-
-    ``state`` is a lightnets checkpoint (:func:`lightnets.checkpoint.load_checkpoint`) or a loaded
-    :class:`InferenceModel`; where the weights name no classes, ``class`` is the output index.
-    """
-    device = torch.device(device)
-    loaded = (
-        state if isinstance(state, InferenceModel) else _from_state(state, build_model_from_checkpoint(state, device))
-    )
-    transform = eval_transform(loaded.input_size, loaded.eval_resize)
-    images = []
-    for path in paths:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"image {path} does not exist")
-        try:
-            images.append(transform(load_image_rgb(path)))
-        except Exception as error:  # PIL raises many types for unreadable files
-            raise ValueError(f"cannot read image {path}: {error}") from None
-    batch = loaded.preprocess(device)(torch.stack(images).to(device))
-    probabilities = loaded.model(batch).float().softmax(1)
-    k = min(topk, probabilities.shape[1])
-    values, indices = probabilities.topk(k, dim=1)
-    classes = loaded.classes
-    return [
-        {
-            "image": str(path),
-            "top": [{"class": classes[i] if classes else i, "probability": p} for p, i in zip(vals, idxs)],
-        }
-        for path, vals, idxs in zip(paths, values.tolist(), indices.tolist())
-    ]
-
-
-def run_predict(args: argparse.Namespace) -> list[dict[str, Any]]:
-    device = resolve_device(args.device)
-    loaded = _load_from_args(args, device)
-    if loaded.classes is None:
-        print(
-            f"loaded {loaded.loaded} from {loaded.path}; it names no classes: printing class indices", file=sys.stderr
-        )
-    predictions = predict_images(loaded, args.images, args.topk, device)
-    if args.json:
-        print(json.dumps(predictions, indent=2))
-    else:
-        for item in predictions:
-            print(item["image"])
-            for rank, entry in enumerate(item["top"], 1):
-                print(f"  {rank}. {entry['class']!s:<20} {100 * entry['probability']:6.2f}%")
-    return predictions

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightnets.files import atomic_path
+from lightnets.files import atomic_path, check_writable
 from lightnets.models._helpers import PRETRAINED_CFG_KEYS, load_weights, model_label, read_weights, weights_fit_report
 from lightnets.models._safetensors import (
     check_names,
@@ -205,6 +205,7 @@ def export_model(
     """
     from lightnets.models import create_model, reparameterize_model
 
+    check_writable(out, "--out")  # before the minutes an export can take
     kwargs = dict(model_kwargs or {})
     if num_classes is not None:
         kwargs["num_classes"] = num_classes

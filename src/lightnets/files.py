@@ -10,12 +10,13 @@ behind, and :func:`remove_stale_temporaries` clears those on the next run.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write", "remove_stale_temporaries"]
+__all__ = ["atomic_path", "atomic_write", "check_writable", "remove_stale_temporaries"]
 
 TEMP_SUFFIX = ".tmp"
 
@@ -79,3 +80,36 @@ def remove_stale_temporaries(directory: str | Path) -> list[Path]:
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def _cannot_write(path: Path, error: OSError, flag: str) -> str:
+    folder = path.parent
+    causes = {
+        errno.EACCES: f"no permission to create files in {folder}",
+        errno.EPERM: f"no permission to create files in {folder}",
+        errno.EROFS: f"{folder} is on a read-only file system",
+        errno.ENOSPC: f"no space left on the device of {folder}",
+        errno.ENOTDIR: "a file stands where its path needs a folder",
+        errno.EEXIST: "a file stands where its path needs a folder",
+    }
+    if error.errno == errno.ENOENT:  # /proc, /sys: folders that take no new files
+        cause = f"{folder} does not accept new files" if folder.is_dir() else f"its folder {folder} cannot be made"
+    else:
+        cause = causes.get(error.errno, error.strerror or str(error))
+    return f"cannot write {flag}{path}: {cause}"
+
+
+def check_writable(path: str | Path, what: str = "") -> None:
+    """Raise a one-line ValueError naming ``path`` (and the flag ``what`` that gave it) when it cannot be written,
+    before the work that would produce it; creates its missing folders, as writing it would."""
+    path = Path(path)
+    flag = f"{what} " if what else ""
+    if path.is_dir():
+        raise ValueError(f"cannot write {flag}{path}: it is a folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise ValueError(_cannot_write(path, error, flag)) from None

@@ -179,8 +179,8 @@ def write_results(
     skipped_steps: int,
     world_size: int,
 ) -> str:
-    """results.json: the outcome, which split chose best.pt (flagged when it was the test set) and what was
-    skipped; returns the run's last line to print."""
+    """results.json: the outcome, which split chose best.pt (flagged when it was the test set), the images per
+    class of each split and what was skipped; returns the run's last line to print."""
     selected_on_test = bundle.val_name == "test"
     summary: dict[str, Any] = {
         "model": config.model,
@@ -193,6 +193,11 @@ def write_results(
         "skipped_images": len(skipped_images),
         "skipped_image_files": sorted(skipped_images)[:100],
         "ignored_files": len(bundle.ignored_files),
+        "images_per_class": {
+            split: dict(zip(bundle.classes, counts)) for split, counts in bundle.class_counts().items()
+        },
+        "scan_skipped": len(bundle.skipped_entries),
+        "scan_skipped_entries": [{"path": e.path, "reason": e.reason} for e in bundle.skipped_entries[:100]],
         "skipped_steps": skipped_steps,
         "world_size": world_size,
     }
@@ -207,6 +212,8 @@ def write_results(
         notes.append(f"{len(skipped_images)} unreadable image(s) skipped")
     if bundle.ignored_files:
         notes.append(f"{len(bundle.ignored_files)} non-image file(s) ignored")
+    if bundle.skipped_entries:
+        notes.append(f"{len(bundle.skipped_entries)} folder entries skipped by the scan (results.json lists them)")
     if skipped_steps:
         notes.append(f"{skipped_steps} step(s) with a non-finite loss skipped")
     flagged = "; flagged: model selection on the test set" if selected_on_test else ""

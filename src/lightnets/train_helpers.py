@@ -9,8 +9,9 @@ from __future__ import annotations
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from lightnets.config import TrainConfig
-from lightnets.data import BadImageLog, DataBundle
+from lightnets.data import BadImageLog, DataBundle, ImageFolderSplit
 from lightnets.data.batches import Preprocess, batches
 from lightnets.distributed import ControlChannel, DistContext, all_reduce_sum
 from lightnets.rundir import loss_and_norm
@@ -29,9 +30,12 @@ __all__ = [
     "EpochSums",
     "Run",
     "begin_sums",
+    "check_batch_size",
+    "check_classes_read",
     "check_finite",
     "checkpoint_now",
     "epoch_row",
+    "first_line",
     "interrupted",
     "position",
     "reduce_sums",
@@ -68,6 +72,7 @@ class Run:
     say: Callable[..., None]
     stop: StopSignals | None = None
     last_saved: str = "none written yet"  # for error messages: which checkpoint on disk is still good
+    empty_classes_warned: set[tuple[str, str]] = field(default_factory=set)  # (split, class) said once
 
     @property
     def is_main(self) -> bool:
@@ -109,6 +114,65 @@ def run_batches(run: Run, epoch: int, train: bool, first_step: int = 0) -> Any:
         shard=run.shard,
         augment=run.augment if train else None,
     )
+
+
+def check_batch_size(config: TrainConfig, train_images: int) -> None:
+    """A global batch larger than the training set would be one ragged step an epoch: refuse it, naming both."""
+    if config.batch_size > train_images:
+        raise ValueError(
+            f"--batch-size {config.batch_size} is larger than the training set of {config.data} ({train_images} "
+            f"images); pass --batch-size {train_images} or less"
+        )
+
+
+def _span(values: list[int]) -> str:
+    return f"{min(values)}" if min(values) == max(values) else f"{min(values)}-{max(values)}"
+
+
+def _per_class(classes: list[str], counts: dict[str, list[int]]) -> str:
+    """Each class's train/val image counts, or their ranges when there are too many classes to list."""
+    (train_name, train), (val_name, val) = counts.items()
+    if len(classes) <= 10:
+        return ", ".join(f"{name} {a}/{b}" for name, a, b in zip(classes, train, val))
+    return f"{_span(train)} {train_name} / {_span(val)} {val_name} images each"
+
+
+def first_line(run: Run) -> str:
+    """What a run trains on what, where, for how long, and into which directory; with the images per class."""
+    config, bundle = run.config, run.bundle
+    processes = f", {run.context.world_size} processes" if run.context.enabled else ""
+    per_class = _per_class(bundle.classes, bundle.class_counts())
+    return (
+        f"training {config.model} on {config.data} ({len(bundle.train)} train / {len(bundle.val)} {bundle.val_name}, "
+        f"{len(bundle.classes)} classes: {per_class}) on {run.device}{processes}, {config.epochs} epochs x "
+        f"{run.steps} steps -> {run.run_dir}"
+    )
+
+
+def check_classes_read(run: Run, epoch: int) -> None:
+    """After a pass over the data: a class whose every image failed to decode is an error, or with
+    --allow-empty-classes a warning, once (a collective: the files each rank met are gathered)."""
+    bundle = run.bundle
+    if not isinstance(bundle.train, ImageFolderSplit):  # in-memory data has no unreadable files
+        return
+    bad = skipped_image_paths(run)
+    for split_name, split in (("train", bundle.train), (bundle.val_name, bundle.val)):
+        for label in split.unreadable_classes(bad):
+            name = split.classes[label]
+            problem = (
+                f"class {name} has no readable {split_name} image: all {split.counts()[label]} of its files failed "
+                f"to decode by the end of epoch {epoch + 1}"
+            )
+            if not run.config.allow_empty_classes:
+                raise ValueError(
+                    f"{problem}; replace them or remove the folder, or pass --allow-empty-classes to keep {name} "
+                    f"as a class without {split_name} images"
+                )
+            if (split_name, name) not in run.empty_classes_warned:
+                run.empty_classes_warned.add((split_name, name))
+                warnings.warn(
+                    f"{problem}; kept as a class without {split_name} images (--allow-empty-classes)", stacklevel=2
+                )
 
 
 def begin_sums(run: Run, state: TrainState, first_step: int) -> EpochSums:

@@ -50,9 +50,12 @@ from lightnets.train_helpers import (
     EpochSums,
     Run,
     begin_sums,
+    check_batch_size,
+    check_classes_read,
     check_finite,
     checkpoint_now,
     epoch_row,
+    first_line,
     interrupted,
     position,
     run_batches,
@@ -136,9 +139,11 @@ def _set_up(
             seed=config.seed,
             strict=config.strict,
             augment=augment_spec(config),
+            allow_empty_classes=config.allow_empty_classes,
         )
     if checkpoint is not None:
         check_checkpoint(checkpoint, classes=list(bundle.classes), what=f"--data {config.data}")
+    check_batch_size(config, len(bundle.train))
     use_amp = config.amp if config.amp is not None else default_amp(device)
     settings = resolved_settings(config, device, bundle.input_size, context.world_size, use_amp)
     model_kwargs = {**config.model_kwargs, "num_classes": len(bundle.classes)}
@@ -176,6 +181,7 @@ def _set_up(
         meta=checkpoint_meta(config, model_kwargs, bundle),
         bad_images=BadImageLog(config.strict),
         say=say,
+        empty_classes_warned=set(bundle.empty_classes),  # warned about when the data was loaded
     )
     if checkpoint is not None:
         restore_state(state, checkpoint, config, device, context)
@@ -199,12 +205,7 @@ def _epochs(run: Run, state: TrainState) -> TrainResult:
     """Per epoch: train, evaluate, log, save; then the run's results."""
     config, bundle = run.config, run.bundle
     board = rundir.TensorBoard(run.run_dir) if run.is_main else None
-    processes = f", {run.context.world_size} processes" if run.context.enabled else ""
-    run.say(
-        f"training {config.model} on {config.data} ({len(bundle.train)} train / {len(bundle.val)} {bundle.val_name}, "
-        f"{len(bundle.classes)} classes) on {run.device}{processes}, {config.epochs} epochs x {run.steps} steps "
-        f"-> {run.run_dir}"
-    )
+    run.say(first_line(run))
     if bundle.ignored_files:
         run.say(f"ignored {len(bundle.ignored_files)} non-image file(s) in the class folders")
     stop_if_signalled(run, "before the first step")  # nothing new to save yet
@@ -221,6 +222,7 @@ def _epochs(run: Run, state: TrainState) -> TrainResult:
             label_smoothing=config.label_smoothing,
             context=run.context,
         )
+        check_classes_read(run, epoch)  # every file of the epoch has now been met once
         improved = _log_and_save(run, state, epoch, sums, result)
         if board is not None:
             board.log(state.history[-1])

@@ -9,13 +9,13 @@ happens on the device in the training loop.
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from lightnets.data.augment import AUG_POLICIES, AugmentSpec, batch_augmentation, derive_seed, random_crop_flip
+from lightnets.data.checks import check_class_images, report_scans
 from lightnets.data.cifar import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -45,11 +45,10 @@ from lightnets.data.folder import (
     eval_resize_for,
     eval_transform,
     load_image_rgb,
-    non_image_files,
-    scan_class_folders,
     stratified_split,
     train_transform,
 )
+from lightnets.data.scan import Skipped, scan_class_folders
 
 __all__ = [
     "AUG_POLICIES",
@@ -72,6 +71,7 @@ __all__ = [
     "ImageFolderSplit",
     "RestrictedUnpickler",
     "SeededSamples",
+    "Skipped",
     "TensorSplit",
     "UnreadableImageError",
     "UnsafePickleError",
@@ -129,10 +129,22 @@ class DataBundle:
     input_size: int  # the size batches come out at (CIFAR tensors are 32 and get upsampled by the loop)
     eval_resize: int  # short-side resize before the center crop at eval and predict
     ignored_files: list[str] = field(default_factory=list)  # non-image files found in class folders
+    skipped_entries: list[Skipped] = field(default_factory=list)  # links and entries the folder scan skipped
+    empty_classes: list[tuple[str, str]] = field(default_factory=list)  # (split, class) without a readable image
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def class_counts(self) -> dict[str, list[int]]:
+        """Images per class of the train and held-out splits, keyed "train" and :attr:`val_name`."""
+
+        def counts(split: TensorSplit | ImageFolderSplit) -> list[int]:
+            if isinstance(split, TensorSplit):
+                return torch.bincount(split.labels.cpu(), minlength=len(self.classes)).tolist()
+            return split.counts()
+
+        return {"train": counts(self.train), self.val_name: counts(self.val)}
 
 
 def default_data_root() -> Path:
@@ -165,17 +177,6 @@ def _load_cifar_bundle(
     return DataBundle(spec.kind, classes, train, val, val_name, mean, std, input_size=size, eval_resize=size)
 
 
-def _non_images(folders: list[Path], strict: bool) -> list[str]:
-    """Non-image files in the class folders: one warning for all of them, or with ``strict`` an error."""
-    found = [str(path) for folder in folders for path in non_image_files(folder)]
-    if found and strict:
-        raise ValueError(f"{found[0]} is not an image file (--strict refuses non-image files in class folders)")
-    if found:
-        more = f" and {len(found) - 1} more" if len(found) > 1 else ""
-        warnings.warn(f"ignoring non-image file {found[0]}{more} in the class folders", stacklevel=4)
-    return found
-
-
 def _load_folder_bundle(
     spec: DataSpec,
     input_size: int | None,
@@ -183,6 +184,7 @@ def _load_folder_bundle(
     seed: int,
     strict: bool = False,
     augment: AugmentSpec | None = None,
+    allow_empty_classes: bool = False,
 ) -> DataBundle:
     root = spec.path
     assert root is not None  # parse_data_spec guarantees a path for folders
@@ -192,36 +194,42 @@ def _load_folder_bundle(
     resize = eval_resize_for(size)
     held_out = next(((root / name, name) for name in ("val", "test") if (root / name).is_dir()), None)
     if (root / "train").is_dir() and held_out is not None:
-        train_samples, classes = scan_class_folders(root / "train")
-        val_samples, val_classes = scan_class_folders(held_out[0])
-        if val_classes != classes:
-            raise ValueError(
-                f"{held_out[0]} has classes {val_classes} but {root / 'train'} has {classes}; they must match"
-            )
-        val_name = held_out[1]
-        class_folders = [base / name for base in (root / "train", held_out[0]) for name in classes]
+        scans = [scan_class_folders(root / "train"), scan_class_folders(held_out[0])]
+        classes, train_samples, val_samples = scans[0].classes, scans[0].samples, scans[1].samples
+        val_name, folders, totals = held_out[1], (root / "train", held_out[0]), None
     else:
         # A train/ folder with nothing held out beside it is split like a plain folder of classes.
         base = root / "train" if (root / "train").is_dir() else root
-        samples, classes = scan_class_folders(base)
+        scans = [scan_class_folders(base)]
+        samples, classes = scans[0].samples, scans[0].classes
         fraction = DEFAULT_FOLDER_VAL_SPLIT if val_split is None else val_split
         train_idx, val_idx = stratified_split([label for _, label in samples], fraction, seed)
         train_samples = [samples[i] for i in train_idx]
         val_samples = [samples[i] for i in val_idx]
-        val_name = "val"
-        class_folders = [base / name for name in classes]
-    ignored = _non_images(class_folders, strict)
+        val_name, folders, totals = "val", (base, base), scans[0].counts()
+    ignored, skipped = report_scans(scans, strict)
+    train = ImageFolderSplit(train_samples, classes, train_transform(size, augment, IMAGENET_MEAN, IMAGENET_STD))
+    # The training classes first: an empty one there explains a val folder without it.
+    empty = check_class_images([("train", train, folders[0])], allow_empty_classes, totals)
+    if scans[-1].classes != classes:
+        raise ValueError(
+            f"{folders[1]} has classes {scans[-1].classes} but {folders[0]} has {classes}; they must match"
+        )
+    val = ImageFolderSplit(val_samples, classes, eval_transform(size, resize))
+    empty += check_class_images([(val_name, val, folders[1])], allow_empty_classes, totals)
     return DataBundle(
         kind="folder",
         classes=classes,
-        train=ImageFolderSplit(train_samples, classes, train_transform(size, augment, IMAGENET_MEAN, IMAGENET_STD)),
-        val=ImageFolderSplit(val_samples, classes, eval_transform(size, resize)),
+        train=train,
+        val=val,
         val_name=val_name,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         input_size=size,
         eval_resize=resize,
         ignored_files=ignored,
+        skipped_entries=skipped,
+        empty_classes=empty,
     )
 
 
@@ -235,6 +243,7 @@ def load_dataset(
     download: bool = True,
     strict: bool = False,
     augment: AugmentSpec | None = None,
+    allow_empty_classes: bool = False,
 ) -> DataBundle:
     """Load a dataset described by a ``--data`` value into a :class:`DataBundle`.
 
@@ -244,6 +253,9 @@ def load_dataset(
     defaults to 0.2; a folder with ``train/`` and ``val/`` (or ``test/``) subfolders uses those and ignores it.
     ``input_size`` defaults to 32 for CIFAR and 224 for folders. Non-image files in a folder dataset's class
     folders are ignored with one warning and listed in ``ignored_files``; with ``strict`` they are an error.
+    Links in a folder dataset are followed by the rules of :mod:`lightnets.data.scan`; what they skip is warned
+    about and listed in ``skipped_entries``. A class without a readable image in either split is an error, or
+    with ``allow_empty_classes`` a warning (see :mod:`lightnets.data.checks`).
     ``augment`` extends a folder dataset's training transform; in-memory CIFAR splits stay uint8 and are augmented
     on the device by the training loop (:func:`batch_augmentation`).
     """
@@ -257,4 +269,4 @@ def load_dataset(
         return _load_cifar_bundle(spec, root, input_size, val_split, seed, download)
     if spec.path is None:
         raise ValueError(f"folder data needs a path: expected {_VALID_FORMS}")
-    return _load_folder_bundle(spec, input_size, val_split, seed, strict, augment)
+    return _load_folder_bundle(spec, input_size, val_split, seed, strict, augment, allow_empty_classes)

@@ -10,9 +10,8 @@ process so that they are counted (and, with ``--strict``, refused) there, whatev
 from __future__ import annotations
 
 import math
-import os
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,7 +21,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from lightnets.data.augment import COLOR_JITTER, AugmentSpec, cutout, derive_seed, random_erasing
-from lightnets.data.cifar import DatasetNotFoundError
+from lightnets.data.scan import IMAGE_EXTENSIONS, find_images, scan_class_folders
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -35,11 +34,12 @@ __all__ = [
     "UnreadableImageError",
     "collate_skip_bad",
     "collate_with_bad",
+    "decode_problem",
     "eval_resize_for",
     "eval_transform",
     "find_images",
     "load_image_rgb",
-    "non_image_files",
+    "read_image_rgb",
     "scan_class_folders",
     "stratified_split",
     "to_rgb",
@@ -49,8 +49,6 @@ __all__ = [
 # timm's IMAGENET_DEFAULT_MEAN / IMAGENET_DEFAULT_STD, copied so that importing this module stays light.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 # Where an image is transparent it is shown over white, as a browser or viewer would show it.
 _BACKGROUND = (255, 255, 255, 255)
@@ -189,9 +187,40 @@ class UnreadableImageError(ValueError):
         self.reason = reason
 
 
-def _reason(error: BaseException) -> str:
+def _reason(error: BaseException, path: Path) -> str:
+    """Why ``path`` could not be decoded, in words: Pillow's own text repeats the path or names internals."""
+    if isinstance(error, OSError) and error.strerror:  # the file itself: missing, no permission
+        return error.strerror
+    if isinstance(error, Image.UnidentifiedImageError):
+        empty = path.is_file() and path.stat().st_size == 0
+        return "empty file (0 bytes)" if empty else "not an image in any format Pillow reads"
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if isinstance(error, OSError) and text:  # Pillow's own words, e.g. "image file is truncated (22 bytes ...)"
+        return text
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def read_image_rgb(path: str | Path) -> Image.Image:
+    """:func:`load_image_rgb`, failing with an :class:`UnreadableImageError` that says why in words."""
+    try:
+        return load_image_rgb(path)
+    except Exception as error:  # PIL raises a zoo of types (OSError, SyntaxError, ...) on bad files
+        raise UnreadableImageError(Path(path), _reason(error, Path(path))) from None
+
+
+def decode_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be decoded, or None when it can: the cheap check of a class's first readable image.
+
+    JPEGs are decoded at a reduced scale (``draft``), which still reads every byte, so a truncated file fails
+    here as it would in training, at a fraction of the cost.
+    """
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (64, 64))
+            image.load()
+    except Exception as error:  # PIL raises a zoo of types (OSError, SyntaxError, ...) on bad files
+        return _reason(error, Path(path))
+    return None
 
 
 class ImageFolderSplit(Dataset):
@@ -216,17 +245,26 @@ class ImageFolderSplit(Dataset):
     def targets(self) -> list[int]:
         return [label for _, label in self.samples]
 
+    def counts(self) -> list[int]:
+        """Images per class, in class order."""
+        labels = np.fromiter((label for _, label in self.samples), dtype=np.int64, count=len(self.samples))
+        return np.bincount(labels, minlength=len(self.classes)).tolist()
+
+    def unreadable_classes(self, bad: Collection[str]) -> list[int]:
+        """The classes that have images here, every one of them in ``bad`` (paths that failed to decode)."""
+        candidates = {label for label, count in enumerate(self.counts()) if 0 < count <= len(bad)}
+        if not candidates:  # the usual case: fewer bad files than any class has images, nothing to look up
+            return []
+        readable = {label for path, label in self.samples if label in candidates and str(path) not in bad}
+        return sorted(candidates - readable)
+
     def __len__(self) -> int:
         return len(self.samples)
 
     def load(self, index: int) -> tuple[torch.Tensor, int]:
         """``(image, label)`` of sample ``index``; an undecodable file raises :class:`UnreadableImageError`."""
         path, label = self.samples[index]
-        try:
-            image = load_image_rgb(path)
-        except Exception as error:  # PIL raises a zoo of types (OSError, SyntaxError, ...) on bad files
-            raise UnreadableImageError(path, _reason(error)) from None
-        return self.transform(image), label
+        return self.transform(read_image_rgb(path)), label
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
         try:
@@ -234,7 +272,7 @@ class ImageFolderSplit(Dataset):
         except UnreadableImageError as error:
             if error.path not in self._warned:
                 self._warned.add(error.path)
-                warnings.warn(f"skipping unreadable image {error.path}: {error.reason}", stacklevel=2)
+                warnings.warn(f"skipping unreadable image {error.path}: {error.reason}", stacklevel=1)
             return None
 
 
@@ -321,55 +359,7 @@ class BadImageLog:
         return len(self.paths)
 
 
-# ----------------------------------------------------------------------------------------------- scanning
-
-
-def _is_hidden(name: str) -> bool:
-    return name.startswith(".")
-
-
-def _visible_files(folder: Path) -> list[Path]:
-    """Every file under ``folder`` (recursively, links followed), hidden files and folders skipped, sorted."""
-    found = []
-    for directory, subdirs, files in os.walk(folder, followlinks=True):
-        subdirs[:] = sorted(d for d in subdirs if not _is_hidden(d))
-        found.extend(Path(directory) / name for name in files if not _is_hidden(name))
-    return sorted(found)
-
-
-def find_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursively, links followed), hidden files and folders skipped, sorted."""
-    return [path for path in _visible_files(folder) if path.suffix.lower() in IMAGE_EXTENSIONS]
-
-
-def non_image_files(folder: Path) -> list[Path]:
-    """Files under ``folder`` that :func:`find_images` passes over for their extension (hidden ones excepted)."""
-    return [path for path in _visible_files(folder) if path.suffix.lower() not in IMAGE_EXTENSIONS]
-
-
-def _class_dirs(root: Path) -> list[str]:
-    return sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not _is_hidden(entry.name))
-
-
-def scan_class_folders(root: str | Path) -> tuple[list[tuple[Path, int]], list[str]]:
-    """``(samples, classes)`` of a folder holding one subfolder per class; classes are the sorted folder names."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetNotFoundError(f"image folder {root} does not exist; pass --data folder:PATH with class subfolders")
-    classes = _class_dirs(root)
-    if len(classes) < 2:
-        found = f" (only {classes[0]!r})" if classes else ""
-        raise ValueError(
-            f"{root} has {len(classes)} class folder(s){found}; it needs one subfolder per class, at least 2"
-        )
-    samples: list[tuple[Path, int]] = []
-    for label, name in enumerate(classes):
-        images = find_images(root / name)
-        if not images:
-            extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
-            raise ValueError(f"class folder {root / name} holds no images ({extensions}); add some or remove it")
-        samples.extend((path, label) for path in images)
-    return samples, classes
+# ----------------------------------------------------------------------------------------------- splitting
 
 
 def _val_count(size: int, fraction: float) -> int:

@@ -4,10 +4,8 @@ This sits in the model layer, as timm's ``_helpers.py`` does, so that ``create_m
 needs nothing from the rest of lightnets: it imports only torch (safetensors lazily, in ``_safetensors.py``).
 Saving lives above, in ``lightnets.checkpoint`` and ``lightnets.export``, which use the readers here.
 
-Files are read with ``torch.load(weights_only=True)``: only tensors and plain containers are built, so a
-pickle that names any callable is refused before it runs. The one class allowed beyond that is
-``argparse.Namespace``, which timm's ``CheckpointSaver`` pickles as ``args`` (ParNet's released files); it
-holds plain attributes and runs no code of its own.
+Files are read with ``torch.load(weights_only=True)`` (``_loading.py``): only tensors and plain containers are
+built, so a pickle that names any callable is refused before it runs.
 
 Containers recognised (:func:`read_weights`), the key ``module.`` (DataParallel/DDP) stripped from all:
 
@@ -25,9 +23,6 @@ the way timm ports foreign weights; :func:`load_weights` applies it and loads st
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import pickle
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -37,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightnets.models._loading import CheckpointError, resolve_checkpoint_path, torch_load_safely
 from lightnets.models._safetensors import check_names, is_safetensors, read_safetensors, read_sidecar, sidecar_path
 
 __all__ = ["CheckpointError", "WeightsFile", "load_weights", "read_weights", "remap_state_dict", "torch_load_safely"]
@@ -57,64 +53,6 @@ PRETRAINED_CFG_KEYS = (
     "eval_resize",
     "interpolation",
 )
-
-
-class CheckpointError(ValueError):
-    """A weights file that cannot be used, with a one-line reason naming the file."""
-
-
-def informative_line(error: BaseException) -> str:
-    """The line of a (often multi-paragraph) loading error that says what was wrong."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    line = next((x for x in lines if "GLOBAL" in x or "Unsupported" in x), lines[0] if lines else "")
-    # PyTorch's messages run on with advice for its own developers; the first sentence is the diagnosis.
-    first_sentence = line.split(". ")[0].rstrip(".")
-    return first_sentence or type(error).__name__
-
-
-def _namespace_allowed() -> contextlib.AbstractContextManager:
-    # torch < 2.5 has no safe_globals: a file with a pickled Namespace is then refused like any other class.
-    safe_globals = getattr(torch.serialization, "safe_globals", None)
-    return safe_globals([argparse.Namespace]) if safe_globals else contextlib.nullcontext()
-
-
-def resolve_checkpoint_path(path: str | Path) -> Path:
-    """A run directory stands for its ``best.pt`` (else ``last.pt``)."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).is_file():
-                return path / name
-    return path
-
-
-def torch_load_safely(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load(weights_only=True)`` with ``argparse.Namespace`` allowed; every failure is one line."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass a .pt file or a run directory with best.pt")
-    size = path.stat().st_size
-    if size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); it was never written completely")
-    try:
-        with _namespace_allowed():
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        line = informative_line(error)
-        if "GLOBAL" in line or "global" in line:
-            raise CheckpointError(
-                f"checkpoint {path} was refused: it holds a pickled object that could run code ({line}); "
-                "only tensors and plain data are loaded"
-            ) from None
-        raise CheckpointError(
-            f"checkpoint {path} is unreadable (corrupt or not a checkpoint, {size} bytes): {line}"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError) as error:
-        # A truncated zip says "failed finding central directory"; random bytes fail in the unpickler
-        # with whatever opcode they happen to start with.
-        raise CheckpointError(
-            f"checkpoint {path} is unreadable (truncated or not a checkpoint, {size} bytes): {informative_line(error)}"
-        ) from None
 
 
 # ---------------------------------------------------------------------------------------------- weight files
