@@ -360,41 +360,19 @@ def _create_parnet(variant: str, cifar: bool = False, **kwargs) -> ParNet:
     return ParNet(config, cifar=cifar, **kwargs)
 
 
-@register_model
-def parnet_s(**kwargs) -> ParNet:
-    return _create_parnet("s", **kwargs)
+def _register(variant: str, cifar: bool) -> None:
+    """Register ``parnet_{variant}[_cifar]``: the four sizes in ImageNet and CIFAR form differ only in these."""
+    name = f"parnet_{variant}" + ("_cifar" if cifar else "")
+
+    def builder(**kwargs) -> ParNet:
+        return _create_parnet(variant, cifar=cifar, **kwargs)
+
+    builder.__name__ = builder.__qualname__ = name
+    form = "CIFAR form (32x32, 10 classes)" if cifar else "ImageNet form (224x224, 1000 classes)"
+    builder.__doc__ = f"ParNet-{variant.upper()}, {form}."
+    register_model(builder)
 
 
-@register_model
-def parnet_m(**kwargs) -> ParNet:
-    return _create_parnet("m", **kwargs)
-
-
-@register_model
-def parnet_l(**kwargs) -> ParNet:
-    return _create_parnet("l", **kwargs)
-
-
-@register_model
-def parnet_xl(**kwargs) -> ParNet:
-    return _create_parnet("xl", **kwargs)
-
-
-@register_model
-def parnet_s_cifar(**kwargs) -> ParNet:
-    return _create_parnet("s", cifar=True, **kwargs)
-
-
-@register_model
-def parnet_m_cifar(**kwargs) -> ParNet:
-    return _create_parnet("m", cifar=True, **kwargs)
-
-
-@register_model
-def parnet_l_cifar(**kwargs) -> ParNet:
-    return _create_parnet("l", cifar=True, **kwargs)
-
-
-@register_model
-def parnet_xl_cifar(**kwargs) -> ParNet:
-    return _create_parnet("xl", cifar=True, **kwargs)
+for _variant in PARNET_CONFIGS:
+    for _cifar in (False, True):
+        _register(_variant, _cifar)
