@@ -1,7 +1,8 @@
 """The ``lightnets`` command line.
 
-``models`` lists the zoo with its complexity; ``train`` trains a model on CIFAR or a class-folder dataset
-and writes a run directory; ``eval`` and ``predict`` use a checkpoint and nothing else.
+``models`` lists the zoo with its complexity and ``summary`` one model module by module; ``train`` trains a model on
+CIFAR or a class-folder dataset and writes a run directory; ``eval`` and ``predict`` use a checkpoint and nothing
+else.
 """
 
 from __future__ import annotations
@@ -289,6 +290,27 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
     export.set_defaults(func=cmd_export)
 
 
+def cmd_summary(args: argparse.Namespace) -> int:
+    from lightnets.model_summary import print_summary
+
+    _require(args.depth, "--depth", 1)
+    kwargs = _model_kwargs(args.model_arg)
+    print_summary(args.name, args.input_size, args.deploy, args.depth, args.num_classes, kwargs, args.markdown)
+    return 0
+
+
+def add_summary_parser(sub: argparse._SubParsersAction) -> None:
+    summary = sub.add_parser("summary", help="one row per module: output shape, params and MACs (totals as `models`)")
+    summary.add_argument("name", help="registered name, tv:NAME or timm:NAME")
+    summary.add_argument("--input-size", dest="input_size", type=int, help="square input size (default: the model's)")
+    summary.add_argument("--deploy", action="store_true", help="the deploy form's modules (conv+BN fused, ...)")
+    summary.add_argument("--depth", type=int, default=2, help="module depth of the rows (1: the model's children)")
+    summary.add_argument("--num-classes", dest="num_classes", type=int, help="classifier width (default: the form's)")
+    summary.add_argument("--model-arg", dest="model_arg", action="append", metavar="KEY=VALUE", help="builder kwarg")
+    summary.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    summary.set_defaults(func=cmd_summary)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lightnets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -305,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(sub)
     add_report_parser(sub)
     add_export_parser(sub)
+    add_summary_parser(sub)
     return parser
 
 
