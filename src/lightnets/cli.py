@@ -2,7 +2,7 @@
 
 ``models`` lists the zoo with its complexity and ``summary`` one model module by module; ``train`` trains a model on
 CIFAR or a class-folder dataset and writes a run directory; ``eval`` and ``predict`` use a checkpoint and nothing
-else.
+else; ``data stats`` inspects a dataset.
 """
 
 from __future__ import annotations
@@ -311,6 +311,35 @@ def add_summary_parser(sub: argparse._SubParsersAction) -> None:
     summary.set_defaults(func=cmd_summary)
 
 
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from lightnets.data.stats import print_dataset_stats
+
+    _require(args.workers, "--workers", 0)
+    options = {"data_root": args.data_root, "input_size": args.input_size, "val_split": args.val_split}
+    print_dataset_stats(args.spec, args.json, seed=args.seed, workers=args.workers, **options)
+    return 0
+
+
+def add_data_parser(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="inspect a dataset: `lightnets data stats SPEC`")
+    commands = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    stats = commands.add_parser(
+        "stats",
+        help="images per class, image sizes, unreadable files, per-channel mean/std of the training images",
+        description="Reads every image once. Mean/std are over the training split as `lightnets train` splits it (same "
+        "--val-split and --seed), at its input scale: CIFAR as stored, folders resized and centre-cropped to "
+        "--input-size; `lightnets train --normalize dataset` computes the same numbers.",
+    )
+    stats.add_argument("spec", metavar="SPEC", help="dataset spec, as train's --data (cifar10:PATH, folder:PATH, ...)")
+    stats.add_argument("--data-root", dest="data_root", help="where CIFAR archives are looked for")
+    stats.add_argument("--input-size", dest="input_size", type=int, help="default: 32 for CIFAR, 224 for folders")
+    stats.add_argument("--val-split", dest="val_split", type=float, help="as for train (a plain folder: 0.2)")
+    stats.add_argument("--seed", type=int, default=0, help="as for train: it draws the val split")
+    stats.add_argument("--workers", type=int, default=0, help="processes decoding images")
+    stats.add_argument("--json", action="store_true", help="print JSON instead of text")
+    stats.set_defaults(func=cmd_data_stats)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lightnets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -328,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_parser(sub)
     add_export_parser(sub)
     add_summary_parser(sub)
+    add_data_parser(sub)
     return parser
 
 
