@@ -89,7 +89,11 @@ def test_cli_data_stats_text_and_json(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["counts"] == {"train": [3, 2], "val": [1, 1]} and len(report["channels"]["mean"]) == 3
     assert main(["data", "stats", f"folder:{tmp_path / 'missing'}"]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith("lightnets data stats: error: image folder ")
+    assert main(["data", "stats", f"folder:{root}", "--input-size", "0"]) == 2
+    assert "lightnets data stats: error: invalid --input-size 0: expected an integer >= 1" in capsys.readouterr().err
+    assert main(["data", "stats", f"folder:{root}", "--val-split", "1"]) == 2
+    assert "error: invalid --val-split 1.0: expected a fraction strictly between 0 and 1" in capsys.readouterr().err
 
 
 def folder_config(tmp_path, root, **settings):

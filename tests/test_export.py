@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import lightnets
-from lightnets import onnx_export
+from lightnets import onnx_export as export
 from lightnets.checkpoint import CheckpointError, save_checkpoint
 from lightnets.export import export_onnx, export_safetensors, load_safetensors_model, load_weights_into, sidecar_path
 
@@ -87,7 +87,7 @@ def test_onnx_falls_back_to_dynamo_when_torchscript_fails(tmp_path, monkeypatch)
     def refuse(*args):
         raise RuntimeError("torchscript exporter unavailable")
 
-    monkeypatch.setattr(onnx_export, "_EXPORTERS", (("torchscript", refuse), ("dynamo", onnx_export._export_dynamo)))
+    monkeypatch.setattr(export, "_EXPORTERS", (("torchscript", refuse), ("dynamo", export._export_dynamo)))
     result = export_onnx(build("shufflenet_v1_g3_x0_5_cifar", deploy=True), tmp_path / "m.onnx", 32)
     assert result["exporter"] == "dynamo"
     assert max(result["max_rel_diff"].values()) <= 1e-4
@@ -98,7 +98,7 @@ def test_onnx_export_failure_names_every_exporter(tmp_path, monkeypatch):
     def refuse(*args):
         raise RuntimeError("no luck\nsecond line")
 
-    monkeypatch.setattr(onnx_export, "_EXPORTERS", (("torchscript", refuse), ("dynamo", refuse)))
+    monkeypatch.setattr(export, "_EXPORTERS", (("torchscript", refuse), ("dynamo", refuse)))
     model = build("asymmnet_small_x0_35_cifar", deploy=True)
     with pytest.raises(
         ValueError, match=r"^ONNX export of 'asymmnet_small_x0_35_cifar' failed \(torchscript: no luck; "
@@ -111,14 +111,14 @@ def test_onnx_check_fails_on_a_corrupted_initializer_and_keeps_the_old_file(tmp_
     numpy_helper = pytest.importorskip("onnx.numpy_helper")
 
     def export_then_corrupt(model, example, path, opset, outputs):
-        onnx_export._export_torchscript(model, example, path, opset, outputs)
+        export._export_torchscript(model, example, path, opset, outputs)
         proto = onnx.load(str(path))
         # Scale the classifier's weights: the graph stays valid but its outputs change.
         weight = next(t for t in proto.graph.initializer if list(t.dims)[:1] == [10] and len(t.dims) == 2)
         weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 1.5, weight.name))
         onnx.save(proto, str(path))
 
-    monkeypatch.setattr(onnx_export, "_EXPORTERS", (("torchscript", export_then_corrupt),))
+    monkeypatch.setattr(export, "_EXPORTERS", (("torchscript", export_then_corrupt),))
     path = tmp_path / "m.onnx"
     path.write_bytes(b"previous export")
     model = build("asymmnet_small_x0_35_cifar", deploy=True)
@@ -140,7 +140,7 @@ def test_onnx_check_fails_at_rtol_zero_when_outputs_differ(tmp_path, monkeypatch
             return [(model(images) + 1e-3).detach().numpy()]
 
     model = build("asymmnet_small_x0_35_cifar", deploy=True)
-    monkeypatch.setattr(onnx_export, "_onnx_session", lambda path: Session())
+    monkeypatch.setattr(export, "_onnx_session", lambda path: Session())
     with pytest.raises(ValueError, match=r"max abs diff 0\.001, .* > rtol 0; the file was not written$"):
         export_onnx(model, tmp_path / "m.onnx", 32, rtol=0.0)
     assert not (tmp_path / "m.onnx").exists()

@@ -92,5 +92,7 @@ def test_cli_summary_totals_equal_cli_models(deploy, capsys):
 def test_cli_summary_errors(capsys):
     assert main(["summary", "spgnet_s2p6_cifar", "--depth", "0"]) == 2
     assert "lightnets summary: error: invalid --depth 0: expected an integer >= 1" in capsys.readouterr().err
+    assert main(["summary", "spgnet_s2p6_cifar", "--input-size", "0"]) == 2
+    assert "lightnets summary: error: invalid --input-size 0: expected an integer >= 1" in capsys.readouterr().err
     assert main(["summary", "spgnet_s2p66"]) == 2
     assert "closest: spgnet_s2p6" in capsys.readouterr().err

@@ -294,6 +294,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from lightnets.model_summary import print_summary
 
     _require(args.depth, "--depth", 1)
+    if args.input_size is not None:
+        _require(args.input_size, "--input-size", 1)
     kwargs = _model_kwargs(args.model_arg)
     print_summary(args.name, args.input_size, args.deploy, args.depth, args.num_classes, kwargs, args.markdown)
     return 0
@@ -315,6 +317,10 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     from lightnets.data.stats import print_dataset_stats
 
     _require(args.workers, "--workers", 0)
+    if args.input_size is not None:
+        _require(args.input_size, "--input-size", 1)
+    if args.val_split is not None and not 0 < args.val_split < 1:
+        raise ValueError(f"invalid --val-split {args.val_split}: expected a fraction strictly between 0 and 1")
     options = {"data_root": args.data_root, "input_size": args.input_size, "val_split": args.val_split}
     print_dataset_stats(args.spec, args.json, seed=args.seed, workers=args.workers, **options)
     return 0
@@ -337,7 +343,7 @@ def add_data_parser(sub: argparse._SubParsersAction) -> None:
     stats.add_argument("--seed", type=int, default=0, help="as for train: it draws the val split")
     stats.add_argument("--workers", type=int, default=0, help="processes decoding images")
     stats.add_argument("--json", action="store_true", help="print JSON instead of text")
-    stats.set_defaults(func=cmd_data_stats)
+    stats.set_defaults(func=cmd_data_stats, command="data stats")  # errors say `lightnets data stats: error: ...`
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -105,7 +105,8 @@ def summary(
     """
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
         raise ValueError(f"depth must be an integer >= 1 (1: the model's children), got {depth!r}")
-    input_size = input_size or getattr(model, "default_input_size", 224)
+    if input_size is None:
+        input_size = getattr(model, "default_input_size", 224)
     if input_size < 1:
         raise ValueError(f"input_size must be a positive number of pixels, got {input_size}")
     shapes: dict[str, str] = {}  # qualified name -> output shape, in the order of first calls
