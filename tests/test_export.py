@@ -110,8 +110,8 @@ def test_onnx_export_failure_names_every_exporter(tmp_path, monkeypatch):
 def test_onnx_check_fails_on_a_corrupted_initializer_and_keeps_the_old_file(tmp_path, monkeypatch):
     numpy_helper = pytest.importorskip("onnx.numpy_helper")
 
-    def export_then_corrupt(model, example, path, opset):
-        export._export_torchscript(model, example, path, opset)
+    def export_then_corrupt(model, example, path, opset, outputs):
+        export._export_torchscript(model, example, path, opset, outputs)
         proto = onnx.load(str(path))
         # Scale the classifier's weights: the graph stays valid but its outputs change.
         weight = next(t for t in proto.graph.initializer if list(t.dims)[:1] == [10] and len(t.dims) == 2)

@@ -1,7 +1,8 @@
 """The ``lightnets`` command line.
 
-``models`` lists the zoo with its complexity; ``train`` trains a model on CIFAR or a class-folder dataset
-and writes a run directory; ``eval`` and ``predict`` use a checkpoint and nothing else.
+``models`` lists the zoo with its complexity and ``summary`` one model module by module; ``train`` trains a model on
+CIFAR or a class-folder dataset and writes a run directory; ``eval`` and ``predict`` use a checkpoint and nothing
+else; ``data stats`` inspects a dataset.
 """
 
 from __future__ import annotations
@@ -290,6 +291,62 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
     export.set_defaults(func=cmd_export)
 
 
+def cmd_summary(args: argparse.Namespace) -> int:
+    from lightnets.model_summary import print_summary
+
+    _require(args.depth, "--depth", 1)
+    if args.input_size is not None:
+        _require(args.input_size, "--input-size", 1)
+    kwargs = _model_kwargs(args.model_arg)
+    print_summary(args.name, args.input_size, args.deploy, args.depth, args.num_classes, kwargs, args.markdown)
+    return 0
+
+
+def add_summary_parser(sub: argparse._SubParsersAction) -> None:
+    summary = sub.add_parser("summary", help="one row per module: output shape, params and MACs (totals as `models`)")
+    summary.add_argument("name", help="registered name, tv:NAME or timm:NAME")
+    summary.add_argument("--input-size", dest="input_size", type=int, help="square input size (default: the model's)")
+    summary.add_argument("--deploy", action="store_true", help="the deploy form's modules (conv+BN fused, ...)")
+    summary.add_argument("--depth", type=int, default=2, help="module depth of the rows (1: the model's children)")
+    summary.add_argument("--num-classes", dest="num_classes", type=int, help="classifier width (default: the form's)")
+    summary.add_argument("--model-arg", dest="model_arg", action="append", metavar="KEY=VALUE", help="builder kwarg")
+    summary.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    summary.set_defaults(func=cmd_summary)
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from lightnets.data.stats import print_dataset_stats
+
+    _require(args.workers, "--workers", 0)
+    if args.input_size is not None:
+        _require(args.input_size, "--input-size", 1)
+    if args.val_split is not None and not 0 < args.val_split < 1:
+        raise ValueError(f"invalid --val-split {args.val_split}: expected a fraction strictly between 0 and 1")
+    options = {"data_root": args.data_root, "input_size": args.input_size, "val_split": args.val_split}
+    print_dataset_stats(args.spec, args.json, seed=args.seed, workers=args.workers, **options)
+    return 0
+
+
+def add_data_parser(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="inspect a dataset: `lightnets data stats SPEC`")
+    commands = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    stats = commands.add_parser(
+        "stats",
+        help="images per class, image sizes, unreadable files, per-channel mean/std of the training images",
+        description="Reads every image once. Mean/std are over the training split as `lightnets train` splits it (same "
+        "--val-split and --seed), at its input scale: CIFAR as stored, folders resized and centre-cropped to "
+        "--input-size; `lightnets train --normalize dataset` computes the same numbers.",
+    )
+    stats.add_argument("spec", metavar="SPEC", help="dataset spec, as train's --data (cifar10:PATH, folder:PATH, ...)")
+    stats.add_argument("--data-root", dest="data_root", help="where CIFAR archives are looked for")
+    stats.add_argument("--input-size", dest="input_size", type=int, help="default: 32 for CIFAR, 224 for folders")
+    stats.add_argument("--val-split", dest="val_split", type=float, help="as for train (a plain folder: 0.2)")
+    stats.add_argument("--seed", type=int, default=0, help="as for train: it draws the val split")
+    stats.add_argument("--workers", type=int, default=0, help="processes decoding images")
+    stats.add_argument("--json", action="store_true", help="print JSON instead of text")
+    stats.set_defaults(func=cmd_data_stats, command="data stats")  # errors say `lightnets data stats: error: ...`
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lightnets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -306,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(sub)
     add_report_parser(sub)
     add_export_parser(sub)
+    add_summary_parser(sub)
+    add_data_parser(sub)
     return parser
 
 

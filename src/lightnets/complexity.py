@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lightnets.models.deploy import reparameterize_model
 
-__all__ = ["Complexity", "complexity", "count_macs", "count_params", "print_model_table"]
+__all__ = ["Complexity", "complexity", "count_macs", "count_macs_by_module", "count_params", "print_model_table"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,16 @@ def count_params(model: nn.Module) -> int:
 
 def count_macs(model: nn.Module, input_size: int, in_chans: int = 3) -> int:
     """Multiply-accumulates of convolutions and linear layers for one image, in eval mode."""
+    return count_macs_by_module(model, input_size, in_chans)[0]
+
+
+def count_macs_by_module(model: nn.Module, input_size: int, in_chans: int = 3) -> tuple[int, dict[str, int]]:
+    """:func:`count_macs`, and the MACs inside each submodule that has any, by qualified name ("" the model).
+
+    One forward pass under FlopCounterMode, whose module tracker credits every op to each module running it, so a
+    module's count includes its children's. ``lightnets.summary`` reads its rows from here: its totals are
+    :func:`count_macs`'s by construction.
+    """
     was_training = model.training
     model.eval()
     try:
@@ -40,7 +50,14 @@ def count_macs(model: nn.Module, input_size: int, in_chans: int = 3) -> int:
             model(x)
     finally:
         model.train(was_training)
-    return counter.get_total_flops() // 2
+    # The tracker names modules "<root class>.<qualified name>"; "Global" is everything, the root's own total.
+    root = type(model).__name__
+    by_module = {
+        name[len(root) + 1 :] if name != root else "": sum(flops.values()) // 2
+        for name, flops in counter.get_flop_counts().items()
+        if name == root or name.startswith(root + ".")
+    }
+    return counter.get_total_flops() // 2, by_module
 
 
 def complexity(model: nn.Module, input_size: int | None = None) -> Complexity:

@@ -31,6 +31,7 @@ __all__ = [
 ]
 
 NAN_POLICIES = ("stop", "skip")
+NORMALIZE_MODES = ("auto", "imagenet", "dataset")
 
 
 def _is_int(value: Any) -> bool:
@@ -84,6 +85,12 @@ class TrainConfig:
     val_split: float | None = setting(
         None, "held-out fraction of train (unset: the test split for CIFAR, 0.2 for a plain folder)",
         _optional(lambda v: _number(v) and 0 < v < 1), "a fraction strictly between 0 and 1",
+    )  # fmt: skip
+    normalize: str = setting(
+        "auto", "input mean/std: auto (CIFAR's own constants for CIFAR, ImageNet's for folders), imagenet, or dataset "
+        "(measured on the training images before the first epoch, as `lightnets data stats` prints them); the "
+        "numbers go into args.yaml and every checkpoint", lambda v: v in NORMALIZE_MODES, ", ".join(NORMALIZE_MODES),
+        metavar="{" + ",".join(NORMALIZE_MODES) + "}",
     )  # fmt: skip
     # ---- the recipe
     epochs: int = setting(30, "training epochs", _at_least(1), "an integer >= 1")
@@ -263,10 +270,14 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def resolved_settings(config: TrainConfig, device: Any, input_size: int, world_size: int, amp: bool) -> dict[str, Any]:
-    """Everything that was decided, for args.yaml: the config with its unset values resolved."""
+def resolved_settings(config: TrainConfig, device: Any, bundle: Any, world_size: int, amp: bool) -> dict[str, Any]:
+    """Everything that was decided, for args.yaml: the config with its unset values resolved, and the input size
+    and normalisation of ``bundle`` (the DataBundle trained on)."""
+    input_size = bundle.input_size
     resolved = asdict(config)
     resolved.update(
+        mean=list(bundle.mean),
+        std=list(bundle.std),
         device=str(device),
         lr=config.lr if config.lr is not None else config.lr_base * config.batch_size / 256,
         amp=amp,

@@ -1,5 +1,6 @@
-"""ONNX export: one self-contained ``.onnx`` file with a dynamic batch axis (input ``images``, output ``logits``),
-run in onnxruntime on CPU and refused if its outputs drift from PyTorch's.
+"""ONNX export: one self-contained ``.onnx`` file with a dynamic batch axis (input ``images``, output ``logits``, or
+``features.0``, ``features.1``, ... for a model that returns a list of feature maps, e.g. ``features_only=True``),
+run in onnxruntime on CPU and refused if any of its outputs drifts from PyTorch's.
 
 onnx and onnxruntime are optional (``pip install 'lightnets[export]'``) and imported on use.
 """
@@ -19,10 +20,24 @@ from lightnets.files import atomic_path
 from lightnets.models._helpers import model_label
 from lightnets.models._safetensors import first_line, require_module
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAME", "export_onnx"]
+__all__ = ["FEATURES_NAME", "INPUT_NAME", "OUTPUT_NAME", "export_onnx", "output_names"]
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
+FEATURES_NAME = "features"  # outputs features.0, features.1, ... of a model returning a list
+
+
+def output_names(output: torch.Tensor | list | tuple, model_label: str = "the model") -> list[str]:
+    """The ONNX output names for what the model returned: ``logits``, or ``features.I`` for the I-th list entry."""
+    if isinstance(output, torch.Tensor):
+        return [OUTPUT_NAME]
+    if isinstance(output, (list, tuple)) and output and all(isinstance(t, torch.Tensor) for t in output):
+        return [f"{FEATURES_NAME}.{i}" for i in range(len(output))]
+    raise ValueError(f"{model_label} returns {type(output).__name__}; ONNX export takes a tensor or a list of tensors")
+
+
+def _as_list(output: torch.Tensor | list | tuple) -> list[torch.Tensor]:
+    return [output] if isinstance(output, torch.Tensor) else list(output)
 
 
 def _input_channels(model: nn.Module) -> int:
@@ -33,7 +48,7 @@ def _input_channels(model: nn.Module) -> int:
     return 3
 
 
-def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, opset: int, outputs: list[str]) -> None:
     with warnings.catch_warnings():
         # Chosen on purpose (see export_onnx); its deprecation notice would only be noise for the user.
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
@@ -44,14 +59,14 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, ops
             str(path),
             dynamo=False,
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            output_names=outputs,
+            dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *outputs]},
             opset_version=opset,
             do_constant_folding=True,
         )
 
 
-def _export_dynamo(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+def _export_dynamo(model: nn.Module, example: torch.Tensor, path: Path, opset: int, outputs: list[str]) -> None:
     # A positional spec, so the forward argument may have any name.
     dynamic_shapes = ({0: torch.export.Dim("batch")},)
     program = torch.onnx.export(
@@ -59,7 +74,7 @@ def _export_dynamo(model: nn.Module, example: torch.Tensor, path: Path, opset: i
         (example,),
         dynamo=True,
         input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
+        output_names=outputs,
         dynamic_shapes=dynamic_shapes,
         opset_version=opset,
         optimize=True,
@@ -101,12 +116,14 @@ def export_onnx(
     The model is exported as given (pass ``reparameterize_model(model)`` for the deploy form) in eval mode;
     its training flag is restored afterwards. A model that is not on the CPU is exported from a CPU copy.
     With ``check``, the file must pass ``onnx.checker`` and, at every batch size in ``check_batch_sizes``,
-    onnxruntime's output on random input must match PyTorch's to ``max|diff| / max|torch| <= rtol``;
+    onnxruntime's outputs on random input must match PyTorch's to ``max|diff| / max|torch| <= rtol`` (each output
+    against its own scale; a model returning a list of feature maps exports them as ``features.0``, ...);
     otherwise a ValueError is raised and ``path`` is left as it was. The file replaces ``path`` atomically.
     ``metadata`` (str -> str) is stored in the file's ``metadata_props``, e.g. the preprocessing the weights expect.
 
-    Returns ``{path, opset, input_size, max_abs_diff: {batch: float}, max_rel_diff: {batch: float},
-    exporter, export_seconds}`` (the diff dicts are empty without ``check``).
+    Returns ``{path, opset, input_size, outputs, max_abs_diff: {batch: float}, max_rel_diff: {batch: float},
+    exporter, export_seconds}``: the output names, and the largest difference over them at each batch size (the
+    diff dicts are empty without ``check``).
     """
     onnx = require_module("onnx")
     path = Path(path)
@@ -127,11 +144,14 @@ def export_onnx(
     example = torch.randn(2, channels, input_size, input_size, generator=generator)
 
     result: dict[str, Any] = {"path": str(path), "opset": opset, "input_size": input_size}
+    outputs: list[str] = []
     try:
         # A model that cannot run at this size would fail in every exporter, the slow fallback included.
         try:
             with torch.no_grad():
-                source(example)
+                outputs = output_names(source(example), model_label(model))
+        except ValueError:
+            raise
         except Exception as error:
             raise ValueError(
                 f"{model_label(model)} does not run on a {tuple(example.shape)} input ({first_line(error)}); "
@@ -142,13 +162,13 @@ def export_onnx(
             failures = []
             for exporter_name, exporter in _EXPORTERS:
                 try:
-                    exporter(source, example, tmp, opset)
+                    exporter(source, example, tmp, opset, outputs)
                     break
                 except Exception as error:
                     failures.append(f"{exporter_name}: {first_line(error)}")
             else:
                 raise ValueError(f"ONNX export of {model_label(model)} failed ({'; '.join(failures)})")
-            result["exporter"] = exporter_name
+            result["exporter"], result["outputs"] = exporter_name, outputs
             result["export_seconds"] = round(time.perf_counter() - start, 3)
             if metadata:
                 proto = onnx.load(str(tmp))
@@ -164,7 +184,9 @@ def export_onnx(
                     raise ValueError(
                         f"exported ONNX for {model_label(model)} is invalid: {first_line(error)}"
                     ) from None
-                _check_against_onnxruntime(source, tmp, path, channels, input_size, check_batch_sizes, rtol, result)
+                _check_against_onnxruntime(
+                    source, tmp, path, channels, input_size, check_batch_sizes, rtol, outputs, result
+                )
     finally:
         source.train(was_training)
     return result
@@ -178,6 +200,7 @@ def _check_against_onnxruntime(
     input_size: int,
     batch_sizes: tuple[int, ...],
     rtol: float,
+    outputs: list[str],
     result: dict[str, Any],
 ) -> None:
     session = _onnx_session(onnx_path)
@@ -185,26 +208,43 @@ def _check_against_onnxruntime(
     for batch in batch_sizes:
         images = torch.randn(batch, channels, input_size, input_size, generator=generator)
         with torch.no_grad():
-            expected = model(images).float()
+            expected_all = [t.float() for t in _as_list(model(images))]
         try:
-            (actual,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
+            actual_all = session.run(outputs, {INPUT_NAME: images.numpy()})
         except Exception as error:
             raise ValueError(f"onnxruntime could not run {final_path} at batch {batch}: {first_line(error)}") from None
-        actual = torch.from_numpy(actual)
-        if actual.shape != expected.shape:
-            raise ValueError(
-                f"onnxruntime output of {final_path} at batch {batch} has shape {tuple(actual.shape)}, "
-                f"PyTorch's has {tuple(expected.shape)}"
-            )
-        max_abs = (actual - expected).abs().max().item()
-        scale = expected.abs().max().item()
-        max_rel = max_abs / scale if scale > 0 else max_abs
-        result["max_abs_diff"][batch] = max_abs
-        result["max_rel_diff"][batch] = max_rel
-        # Written so that a NaN difference fails too.
-        if not max_rel <= rtol:
-            raise ValueError(
-                f"ONNX check failed for {final_path} at batch {batch}: max abs diff {max_abs:.3g}, "
-                f"relative to max |output| {scale:.3g} is {max_rel:.3g} > rtol {rtol:.3g}; "
-                "the file was not written"
-            )
+        result["max_abs_diff"][batch] = result["max_rel_diff"][batch] = 0.0
+        for name, actual, expected in zip(outputs, actual_all, expected_all):
+            _compare(name, torch.from_numpy(actual), expected, final_path, batch, rtol, result)
+
+
+def _compare(
+    name: str,
+    actual: torch.Tensor,
+    expected: torch.Tensor,
+    final_path: Path,
+    batch: int,
+    rtol: float,
+    result: dict[str, Any],
+) -> None:
+    """One output against PyTorch's; the batch's entries in ``result`` keep the largest difference so far."""
+    which = "" if name == OUTPUT_NAME else f", output {name}"
+    if actual.shape != expected.shape:
+        raise ValueError(
+            f"onnxruntime output of {final_path} at batch {batch}{which} has shape {tuple(actual.shape)}, "
+            f"PyTorch's has {tuple(expected.shape)}"
+        )
+    max_abs = (actual - expected).abs().max().item()
+    scale = expected.abs().max().item()
+    max_rel = max_abs / scale if scale > 0 else max_abs
+    # max() would drop a NaN; a NaN difference must reach the check below and fail it.
+    for key, value in (("max_abs_diff", max_abs), ("max_rel_diff", max_rel)):
+        if not value <= result[key][batch]:
+            result[key][batch] = value
+    # Written so that a NaN difference fails too.
+    if not max_rel <= rtol:
+        raise ValueError(
+            f"ONNX check failed for {final_path} at batch {batch}{which}: max abs diff {max_abs:.3g}, "
+            f"relative to max |output| {scale:.3g} is {max_rel:.3g} > rtol {rtol:.3g}; "
+            "the file was not written"
+        )

@@ -9,7 +9,7 @@ __all__ = ["format_table"]
 
 def _is_number(text: str) -> bool:
     try:
-        float(text)
+        float(text.replace(",", ""))  # thousands separators: "1,234,567"
     except ValueError:
         return False
     return True

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightnets.config import TrainConfig
-from lightnets.data import BadImageLog, DataBundle, ImageFolderSplit
+from lightnets.config import TrainConfig, augment_spec
+from lightnets.data import IMAGENET_MEAN, IMAGENET_STD, BadImageLog, DataBundle, ImageFolderSplit
 from lightnets.data.batches import Preprocess, batches
 from lightnets.distributed import ControlChannel, DistContext, all_reduce_sum
 from lightnets.rundir import loss_and_norm
@@ -37,6 +37,7 @@ __all__ = [
     "epoch_row",
     "first_line",
     "interrupted",
+    "normalized_bundle",
     "position",
     "reduce_sums",
     "run_batches",
@@ -329,3 +330,29 @@ def show_progress(progress: Any, run: Run, sums: EpochSums, done: int) -> None:
 def position(epoch: int, step: int) -> str:
     """A checkpoint position (completed epochs, steps into the next) as a person counts it."""
     return f"from the end of epoch {epoch}" if step == 0 else f"from epoch {epoch + 1} step {step}"
+
+
+def normalized_bundle(
+    config: TrainConfig, bundle: DataBundle, checkpoint: dict[str, Any] | None, control: ControlChannel, say: Callable
+) -> DataBundle:
+    """``bundle`` with the mean and std ``--normalize`` chose: auto keeps the dataset kind's defaults, imagenet sets
+    ImageNet's, dataset measures the training images (:func:`lightnets.data.stats.channel_stats`) once, on rank 0,
+    which hands its numbers to every rank. A resumed run reuses its checkpoint's numbers rather than measuring again.
+    """
+    from lightnets.data.stats import channel_stats, with_normalization
+
+    if config.normalize == "auto":
+        return bundle
+    if config.normalize == "imagenet":
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    elif checkpoint is not None:
+        mean, std = tuple(checkpoint["mean"]), tuple(checkpoint["std"])
+    else:
+        stats = channel_stats(bundle, config.workers, config.strict) if control.context.is_main else None
+        stats = control.gather(stats)[0]
+        mean, std = stats.mean, stats.std
+        say(
+            f"--normalize dataset: mean {', '.join(f'{v:.4f}' for v in mean)}, std {', '.join(f'{v:.4f}' for v in std)}"
+            f" over {stats.images} training images ({stats.scale}) in {stats.seconds:.1f} s"
+        )
+    return with_normalization(bundle, mean, std, augment_spec(config))

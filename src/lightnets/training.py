@@ -57,6 +57,7 @@ from lightnets.train_helpers import (
     epoch_row,
     first_line,
     interrupted,
+    normalized_bundle,
     position,
     run_batches,
     running_sums,
@@ -144,8 +145,9 @@ def _set_up(
     if checkpoint is not None:
         check_checkpoint(checkpoint, classes=list(bundle.classes), what=f"--data {config.data}")
     check_batch_size(config, len(bundle.train))
+    bundle = normalized_bundle(config, bundle, checkpoint, control, say)  # --normalize: the mean/std to train with
     use_amp = config.amp if config.amp is not None else default_amp(device)
-    settings = resolved_settings(config, device, bundle.input_size, context.world_size, use_amp)
+    settings = resolved_settings(config, device, bundle, context.world_size, use_amp)
     model_kwargs = {**config.model_kwargs, "num_classes": len(bundle.classes)}
     state = build_state(config, model_kwargs, settings["lr"], use_amp, device, context)
 

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from lightnets.models._helpers import remap_state_dict
+from lightnets.models.features import feature
 from lightnets.models.layers import (
     ClassifierModel,
     ConvBnAct,
@@ -214,8 +215,15 @@ class AsymmNet(ClassifierModel):
         self.stem = ConvBnAct(in_chans, stem_channels, 3, stride=1 if cifar else 2, act_layer=nn.Hardswish)
         blocks = []
         in_channels = stem_channels
-        for row in block_rows:
+        # Feature maps: the last module at each resolution (the stem where the first block downsamples at once).
+        self.feature_info, reduction = [], 1 if cifar else 2
+        last = feature("stem", stem_channels, reduction)
+        for index, row in enumerate(block_rows):
+            if row.stride == 2:
+                self.feature_info.append(last)
+                reduction *= 2
             out_channels = scaled(row.out_channels)
+            last = feature(f"blocks.{index}", out_channels, reduction)
             blocks.append(
                 AsymmetricBottleneck(
                     in_channels,
@@ -230,6 +238,7 @@ class AsymmNet(ClassifierModel):
                 )
             )
             in_channels = out_channels
+        self.feature_info.append(last)
         self.blocks = nn.Sequential(*blocks)
         self.num_features = scaled(config.head_squeeze)
         self.conv_squeeze = ConvBnAct(in_channels, self.num_features, 1, act_layer=nn.Hardswish)

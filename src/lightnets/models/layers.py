@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
+
+from lightnets.models import features
 
 ActLayer = Callable[..., nn.Module] | None
 
@@ -154,9 +156,10 @@ class SqueezeExcite(nn.Module):
 class ClassifierModel(nn.Module):
     """The part of the model API every lightnets family shares.
 
-    A subclass builds ``forward_features`` / ``forward_head``, sets ``num_features``, ``head_hidden_size``
-    and ``num_classes``, and calls ``self.reset_classifier(num_classes)``; this class owns the classifier
-    (a Linear on ``head_hidden_size`` features, bias as ``classifier_bias``; Identity for 0 classes).
+    A subclass builds ``forward_features`` / ``forward_head``, sets ``num_features``, ``head_hidden_size``,
+    ``num_classes`` and ``feature_info`` (see ``models/features.py``), and calls ``self.reset_classifier(num_classes)``;
+    this class owns the classifier (a Linear on ``head_hidden_size`` features, bias as ``classifier_bias``; Identity
+    for 0 classes) and ``forward_intermediates``.
     """
 
     classifier_bias: bool = True
@@ -176,6 +179,13 @@ class ClassifierModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self, x: torch.Tensor, indices: int | Sequence[int] | None = None, intermediates_only: bool = False
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """The maps of ``feature_info`` at ``indices`` (None: all, an int n: the last n) and, unless
+        ``intermediates_only``, the ``forward_features`` output, as ``(final, maps)``; timm's signature."""
+        return features.forward_intermediates(self, x, indices, intermediates_only)
 
 
 def global_pool(x: torch.Tensor) -> torch.Tensor:

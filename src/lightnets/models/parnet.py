@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightnets.models._helpers import remap_state_dict
+from lightnets.models.features import feature
 from lightnets.models.layers import ChannelShuffle, ClassifierModel, ConvBnAct, global_pool, init_weights, pad_kernel_to
 from lightnets.models.registry import register_model
 
@@ -242,6 +243,13 @@ class ParNet(ClassifierModel):
         self.fuse2 = ParNetFusion(c2, c3, stride=2, act_layer=act)
         self.fuse3 = ParNetFusion(c3, c3, stride=1, act_layer=act)
         self.final_down = ParNetDownsample(c3, c_last, act_layer=act)
+        # Feature maps: the stem blocks, then the streams' outputs (stream 1's after its C1 -> C2 downsampling) and
+        # the fusions' (fuse2: streams 1 and 2; fuse3: that and stream 3), then the final downsampling block.
+        r = early_stride
+        self.feature_info = [feature("stem.0", stem_width, r), feature("stem.1", c1, r * r)]
+        self.feature_info += [feature("stream1", c2, 2 * r * r), feature("stream2", c2, 2 * r * r)]
+        self.feature_info += [feature(name, c3, 4 * r * r) for name in ("fuse2", "stream3", "fuse3")]
+        self.feature_info.append(feature("final_down", c_last, 8 * r * r))
         self.num_features = self.head_hidden_size = c_last
         self.drop = nn.Dropout(config.drop_rate if drop_rate is None else drop_rate)
         self.reset_classifier(num_classes)
@@ -360,41 +368,19 @@ def _create_parnet(variant: str, cifar: bool = False, **kwargs) -> ParNet:
     return ParNet(config, cifar=cifar, **kwargs)
 
 
-@register_model
-def parnet_s(**kwargs) -> ParNet:
-    return _create_parnet("s", **kwargs)
+def _register(variant: str, cifar: bool) -> None:
+    """Register ``parnet_{variant}[_cifar]``: the four sizes in ImageNet and CIFAR form differ only in these."""
+    name = f"parnet_{variant}" + ("_cifar" if cifar else "")
+
+    def builder(**kwargs) -> ParNet:
+        return _create_parnet(variant, cifar=cifar, **kwargs)
+
+    builder.__name__ = builder.__qualname__ = name
+    form = "CIFAR form (32x32, 10 classes)" if cifar else "ImageNet form (224x224, 1000 classes)"
+    builder.__doc__ = f"ParNet-{variant.upper()}, {form}."
+    register_model(builder)
 
 
-@register_model
-def parnet_m(**kwargs) -> ParNet:
-    return _create_parnet("m", **kwargs)
-
-
-@register_model
-def parnet_l(**kwargs) -> ParNet:
-    return _create_parnet("l", **kwargs)
-
-
-@register_model
-def parnet_xl(**kwargs) -> ParNet:
-    return _create_parnet("xl", **kwargs)
-
-
-@register_model
-def parnet_s_cifar(**kwargs) -> ParNet:
-    return _create_parnet("s", cifar=True, **kwargs)
-
-
-@register_model
-def parnet_m_cifar(**kwargs) -> ParNet:
-    return _create_parnet("m", cifar=True, **kwargs)
-
-
-@register_model
-def parnet_l_cifar(**kwargs) -> ParNet:
-    return _create_parnet("l", cifar=True, **kwargs)
-
-
-@register_model
-def parnet_xl_cifar(**kwargs) -> ParNet:
-    return _create_parnet("xl", cifar=True, **kwargs)
+for _variant in PARNET_CONFIGS:
+    for _cifar in (False, True):
+        _register(_variant, _cifar)

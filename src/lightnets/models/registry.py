@@ -9,6 +9,7 @@ from collections.abc import Callable
 from torch import nn
 
 from lightnets.models._helpers import load_weights, read_weights
+from lightnets.models.features import FeatureListNet
 
 _MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 BASELINE_PREFIXES = ("tv:", "timm:")
@@ -69,7 +70,18 @@ def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Modu
     the family's ``checkpoint_filter_fn`` converts; ``ema=True`` picks the EMA weights of a file that has both.
     The model's ``pretrained_cfg`` then says which weights were loaded and how inputs must be preprocessed
     for them (the authors' mean, std and channel order for their files).
+
+    ``features_only=True`` returns the backbone as a :class:`~lightnets.models.features.FeatureListNet` (its forward
+    gives the list of feature maps at ``out_indices``, default all; ``feature_info`` says their channels and
+    reductions), with any checkpoint loaded first. ``timm:`` names pass both to timm.
     """
+    features_only, out_indices = False, None
+    if not name.startswith("timm:"):  # timm builds its own feature extractors from both
+        features_only, out_indices = bool(kwargs.pop("features_only", False)), kwargs.pop("out_indices", None)
+        if out_indices is not None and not features_only:
+            raise ValueError("out_indices chooses the feature maps of features_only=True; pass that too")
+        if features_only and name.startswith("tv:"):
+            raise ValueError(f"{name} has no feature_info: features_only=True takes a lightnets name or timm:NAME")
     checkpoint = kwargs.pop("checkpoint", None)
     ema = bool(kwargs.pop("ema", False))
     weights = None
@@ -84,7 +96,7 @@ def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Modu
     model = _build(name, **kwargs)
     if weights is not None:
         model = load_weights(model, weights)
-    return model
+    return FeatureListNet(model, out_indices) if features_only else model
 
 
 def _build(name: str, **kwargs) -> nn.Module:

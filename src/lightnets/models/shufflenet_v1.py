@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightnets.models._helpers import remap_state_dict
+from lightnets.models.features import feature
 from lightnets.models.layers import (
     ChannelShuffle,
     ClassifierModel,
@@ -191,6 +192,12 @@ class ShuffleNetV1(ClassifierModel):
             stages.append(nn.Sequential(*units))
             in_channels = channels
         self.stages = nn.Sequential(*stages)
+        # Feature maps: the stem conv, the max-pool (ImageNet form only) and the three stages.
+        stem_features = [feature("stem", stem, 2), feature("stem_pool", stem, 4)]
+        self.feature_info = [feature("stem", stem, 1)] if cifar else stem_features
+        self.feature_info += [
+            feature(f"stages.{i}", c, (1 if cifar else 4) * 2 ** (i + 1)) for i, c in enumerate(config.stage_channels)
+        ]
         self.num_features = self.head_hidden_size = in_channels
         self.drop = nn.Dropout(drop_rate)
         self.reset_classifier(num_classes)

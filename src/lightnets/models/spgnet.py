@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from lightnets.models._helpers import remap_state_dict
+from lightnets.models.features import feature
 from lightnets.models.layers import (
     ClassifierModel,
     ConvBnAct,
@@ -143,6 +144,11 @@ class SPGNet(ClassifierModel):
             stages.append(nn.Sequential(*blocks))
             in_channels = channels
         self.stages = nn.Sequential(*stages)
+        # Feature maps: both stem convs and the three stages (the head's 1x1 conv_head is not one).
+        self.feature_info = [feature("stem.0", stem1, stem_stride), feature("stem.1", stem2, stem_stride**2)]
+        self.feature_info += [
+            feature(f"stages.{i}", c, stem_stride**2 * 2 ** (i + 1)) for i, c in enumerate(config.stage_channels)
+        ]
         self.conv_head = ConvBnAct(in_channels, config.head_channels, 1)
         self.num_features = self.head_hidden_size = config.head_channels
         # Classifier as released: FC -> BN -> ReLU -> dropout -> FC, both FCs without bias.
