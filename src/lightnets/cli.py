@@ -269,23 +269,45 @@ def cmd_export(args: argparse.Namespace) -> int:
         deploy=args.deploy,
         input_size=args.input_size,
         num_classes=args.num_classes,
+        precision=args.precision,
+        calibration_data=args.calibration_data,
+        calibration_images=args.calibration_images,
+        data_root=args.data_root,
     )
     return 0
 
 
 def add_export_parser(sub: argparse._SubParsersAction) -> None:
-    export = sub.add_parser("export", help="ONNX (checked against ONNX Runtime) or safetensors + JSON sidecar")
+    export = sub.add_parser(
+        "export",
+        help="ONNX (checked against ONNX Runtime), OpenVINO IR, fp32 or calibrated INT8; or safetensors + JSON sidecar",
+    )
     export.add_argument(
         "--checkpoint",
         help="a lightnets .pt checkpoint or run directory, a .safetensors file, "
         "or an authors' checkpoint (with --model)",
     )
     _add_foreign_weights_flags(export, "registered name (default: the checkpoint's; needed for the authors' files)")
-    export.add_argument("--format", choices=["onnx", "safetensors"], required=True)
-    export.add_argument("--deploy", action=argparse.BooleanOptionalAction, default=False, help="export the deploy form")
+    export.add_argument("--format", choices=["onnx", "openvino", "safetensors"], required=True)
+    export.add_argument(
+        "--precision", choices=["fp32", "int8"], default="fp32", help="int8: static quantisation (onnx, openvino)"
+    )
+    export.add_argument(
+        "--calibration-data", dest="calibration_data", metavar="SPEC", help="int8: training images to calibrate on"
+    )
+    export.add_argument(
+        "--calibration-images", dest="calibration_images", type=int, metavar="N", help="int8: how many (default 300)"
+    )
+    export.add_argument("--data-root", dest="data_root", help="where CIFAR is looked for (as for train)")
+    export.add_argument(
+        "--deploy",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="export the deploy form (default: for openvino and int8)",
+    )
     export.add_argument("--input-size", dest="input_size", type=int, help="ONNX input size (default: the model's)")
     export.add_argument("--num-classes", dest="num_classes", type=int, help="without a checkpoint")
-    export.add_argument("--out", required=True, help="output file (.onnx or .safetensors)")
+    export.add_argument("--out", required=True, help="output file (.onnx, .xml or .safetensors)")
     export.set_defaults(func=cmd_export)
 
 
