@@ -182,9 +182,12 @@ def _int_list(text: str) -> list[int]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from lightnets.bench_summary import print_summary
     from lightnets.benchmarking import BenchSettings, bench_models, print_bench_rows, write_rows
     from lightnets.models.registry import expand_model_names
 
+    args.models_given = args.models is not None
+    args.models = args.models or "spgnet_s2p6"
     if args.ops:
         from lightnets.operator_study import operator_study
         from lightnets.report import plot_operator_study
@@ -195,8 +198,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
             plot_operator_study(rows, Path(args.out).with_suffix(".png"))
             print(f"wrote {json_path}, {csv_path} and {Path(args.out).with_suffix('.png')}")
         return 0
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()] if args.precisions else None
+    if args.checkpoint and args.models_given:
+        raise ValueError("--checkpoint benches the model it holds; drop --models")
+    if args.data and not args.checkpoint and "int8" not in (precisions or []):
+        raise ValueError("--data without --checkpoint only calibrates INT8; add int8 to --precisions")
     settings = BenchSettings(
-        models=expand_model_names(args.models),
+        models=expand_model_names(args.models) if not args.checkpoint else [],
         input_size=args.input_size,
         batch_sizes=args.batch_sizes,
         device=args.device,
@@ -206,9 +214,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         channels_last=args.channels_last,
         dtype=args.dtype,
         min_run_time=args.min_run_time,
+        precisions=precisions,
+        checkpoint=args.checkpoint,
+        data=args.data,
+        data_root=args.data_root,
+        calibration_images=args.calibration_images,
     )
-    rows = bench_models(settings)
-    print_bench_rows(rows, markdown=args.markdown)
+    skipped: list[dict[str, str]] = []
+    rows = bench_models(settings, skipped=skipped)
+    if not args.best:
+        print_bench_rows(rows, markdown=args.markdown)
+    print_summary(rows, skipped, markdown=args.markdown)
     if args.out:
         json_path, csv_path = write_rows(rows, args.out)
         print(f"wrote {json_path} and {csv_path}")
@@ -218,17 +234,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser(
         "bench",
-        help="latency and throughput of models (eager, compile, onnxruntime) or the operator study (--ops)",
+        help="latency and throughput of models (eager, compile, onnxruntime, openvino) per precision, the fastest "
+        "path named; or the operator study (--ops)",
     )
-    bench.add_argument("--models", default="spgnet_s2p6", help="patterns and tv:/timm: names, comma-separated")
+    bench.add_argument("--models", default=None, help="patterns and tv:/timm: names, comma-separated (spgnet_s2p6)")
     bench.add_argument("--input-size", dest="input_size", type=int, help="default: each model's own")
     bench.add_argument("--batch-sizes", dest="batch_sizes", type=_int_list, default=[1, 32], help="e.g. 1,32")
     bench.add_argument("--device", default="cpu", help="cpu or cuda")
     bench.add_argument("--threads", type=int, help="intra-op threads for PyTorch and ONNX Runtime")
-    bench.add_argument("--backends", default="eager,onnxruntime", help="eager,compile,onnxruntime")
+    bench.add_argument("--backends", default="eager,onnxruntime", help="eager,compile,onnxruntime,openvino")
+    bench.add_argument(
+        "--precisions", help="fp32,bf16,fp16,int8 (default: --dtype's); what cannot run here is skipped with the reason"
+    )
+    bench.add_argument("--best", action="store_true", help="print only the fastest path per model and batch")
+    bench.add_argument("--checkpoint", help="bench the model of this checkpoint (with --data: top-1 per precision)")
+    bench.add_argument("--data", metavar="SPEC", help="INT8 calibration images; with --checkpoint, top-1 on its split")
+    bench.add_argument("--data-root", dest="data_root")
+    bench.add_argument("--calibration-images", dest="calibration_images", type=int, default=300, metavar="N")
     bench.add_argument("--deploy", action=argparse.BooleanOptionalAction, default=True, help="deploy form (default)")
     bench.add_argument("--channels-last", dest="channels_last", action="store_true")
-    bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="one precision")
     bench.add_argument("--min-run-time", dest="min_run_time", type=float, default=1.0, help="seconds per timing")
     bench.add_argument("--ops", action="store_true", help="operator study: dense vs grouped vs depthwise at equal MACs")
     bench.add_argument("--markdown", action="store_true")
