@@ -66,9 +66,12 @@ def export_for_runtime(
             meta["calibration"] = {"data": calibration_data, "images": sum(len(batch) for batch in calibration)}
             metadata = {**metadata, META_KEY: json.dumps(meta)}
         result = export_onnx(model, fp32_path, size, metadata=metadata)
-        diffs = ", ".join(f"batch {b}: max rel {result['max_rel_diff'][b]:.1e}" for b in result["max_rel_diff"])
-        written = "wrote" if fp32_path == out else "exported"
-        print(f"{written} ONNX ({result['exporter']}, opset {result['opset']}, input {size}); ORT vs PyTorch: {diffs}")
+        diffs = ", ".join(
+            f"batch {b}: max abs {result['max_abs_diff'][b]:.2e} (rel {result['max_rel_diff'][b]:.2e})"
+            for b in result["max_abs_diff"]
+        )
+        written = f"wrote {out}" if fp32_path == out else "exported fp32 ONNX"
+        print(f"{written} ({result['exporter']}, opset {result['opset']}, input {size}); onnxruntime check: {diffs}")
         fp32_session = onnxruntime_session(fp32_path, threads)
 
         def fp32_run(batch: np.ndarray) -> np.ndarray:
