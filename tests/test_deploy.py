@@ -212,3 +212,21 @@ def test_torch_stays_float32_after_a_bf16_row():
     runner = make_precision_runner("eager", model, "bf16", 32, 1, torch.device("cpu"), exports=None)
     assert runner.input_dtype == torch.bfloat16
     assert next(model.parameters()).dtype == torch.float32
+
+
+def test_fp16_onnx_for_the_cuda_provider_keeps_float32_inputs_and_outputs():
+    # What ONNX Runtime's CUDA provider runs for fp16 rows: made here, run only on a GPU with onnxruntime-gpu.
+    from lightnets.bench_backends import Exports
+    from lightnets.quantize import random_calibration
+
+    model = lightnets.reparameterize_model(lightnets.create_model("shufflenet_v1_g3_x0_25_cifar").eval())
+    exports = Exports(model, 32, lambda: random_calibration(2, 32))
+    try:
+        graph = onnx.load(str(exports.onnx("fp16"))).graph
+    finally:
+        exports.cleanup()
+    float_type, half_type = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    assert graph.input[0].type.tensor_type.elem_type == float_type
+    assert graph.output[0].type.tensor_type.elem_type == float_type
+    conv_weights = {node.input[1] for node in graph.node if node.op_type == "Conv"}
+    assert conv_weights and {i.data_type for i in graph.initializer if i.name in conv_weights} == {half_type}
