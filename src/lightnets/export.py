@@ -230,6 +230,8 @@ def export_model(
 
     if fmt not in ("onnx", "openvino", "safetensors"):
         raise ValueError(f"--format must be onnx, openvino or safetensors, got {fmt!r}")
+    if fmt == "openvino" and Path(out).suffix.lower() != ".xml":
+        raise ValueError(f"--out {out}: an OpenVINO model is written as NAME.xml (+ NAME.bin); give a .xml path")
     if precision not in ("fp32", "int8"):
         raise ValueError(f"--precision must be fp32 or int8, got {precision!r}")
     if precision == "int8" and fmt == "safetensors":

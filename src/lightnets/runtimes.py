@@ -133,6 +133,8 @@ def read_export_meta(path: str | Path) -> dict[str, Any]:
     too.
     """
     path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist; give the .onnx or .xml file that lightnets export wrote")
     if path.suffix.lower() == ".xml":
         side = sidecar_path(path)
         if not side.is_file():
