@@ -8,7 +8,7 @@ family's CIFAR form (benchmarks/deploy_train_cifar.sh), exported to INT8 for ONN
 on 300 training images, evaluated on the test split next to fp32 (again through `bench`'s code).
 
     bash benchmarks/deploy_train_cifar.sh runs/deploy-cifar     # the checkpoints (once)
-    python benchmarks/deploy.py --checkpoints runs/deploy-cifar --threads 2
+    python benchmarks/deploy.py --checkpoints runs/deploy-cifar --threads 2 --notes benchmarks/deploy_notes.md
     python benchmarks/deploy.py --skip-accuracy --threads 1 --min-run-time 0.2 --note "..."   # a quick look
     python benchmarks/deploy.py --render docs/results/deploy.json        # the page again from saved figures
 
