@@ -1,7 +1,10 @@
-"""Latency and throughput on the user's own device: eager, compiled and ONNX Runtime, plus the operator study.
+"""Latency and throughput on the user's own device: eager, compiled, ONNX Runtime and OpenVINO, each in the
+precisions it can run (:mod:`lightnets.bench_backends`), plus the operator study.
 
 Every timing uses ``torch.utils.benchmark.Timer`` with an explicit thread count, after warm-up calls, and
-with a CUDA synchronisation inside the timed statement on GPUs; ONNX Runtime gets the same thread count.
+with a CUDA synchronisation inside the timed statement on GPUs; ONNX Runtime and OpenVINO get the same thread
+count. Each row says the precision that ran (``ran``); with a checkpoint and data, rows in another precision than
+fp32 also carry their top-1 on the data's evaluation split and its change from eager fp32.
 Figures are per call of one batch: ``latency_ms_median`` and its inter-quartile range over the timed
 blocks, ``images_per_s`` = batch / median, ``gmacs_per_s`` = MACs per image x images/s / 1e9.
 """
@@ -13,7 +16,6 @@ import csv
 import ctypes
 import json
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,10 +27,11 @@ import torch
 from torch import nn
 from torch.utils import benchmark as torch_benchmark
 
+from lightnets.bench_accuracy import bench_targets, calibration_for
+from lightnets.bench_backends import PRECISIONS, Exports, Runner, Skipped, make_precision_runner
 from lightnets.complexity import count_macs, count_params
 from lightnets.files import atomic_path, atomic_write
-from lightnets.models import create_model, reparameterize_model
-from lightnets.runtime import device_name
+from lightnets.runtime import describe_cpu_features, device_name
 from lightnets.tables import format_table
 
 __all__ = [
@@ -56,7 +59,8 @@ ROW_KEYS = [
     "peak_memory_mb",
     "compile_s",
 ]
-BACKENDS = ("eager", "compile", "onnxruntime")
+BACKENDS = ("eager", "compile", "onnxruntime", "openvino")
+_DTYPE_PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 @dataclass
@@ -69,16 +73,28 @@ class BenchSettings:
     backends: list[str] = field(default_factory=lambda: ["eager", "onnxruntime"])
     deploy: bool = True
     channels_last: bool = False
-    dtype: str = "float32"
+    dtype: str = "float32"  # the one precision when ``precisions`` is not given (the --dtype of earlier versions)
     min_run_time: float = 1.0
     warmup: int = 3
+    precisions: list[str] | None = None  # fp32, bf16, fp16, int8
+    checkpoint: str | None = None  # bench this checkpoint's model (with data: and its accuracy per precision)
+    data: str | None = None  # INT8 calibration images (train split) and, with a checkpoint, the accuracy split
+    data_root: str | None = None
+    calibration_images: int = 300
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.backends) - set(BACKENDS))
         if unknown:
             raise ValueError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
+        if self.dtype not in _DTYPE_PRECISION:
             raise ValueError(f"--dtype must be float32, bfloat16 or float16, got {self.dtype}")
+        if self.precisions is None:
+            self.precisions = [_DTYPE_PRECISION[self.dtype]]
+        wrong = sorted(set(self.precisions) - set(PRECISIONS))
+        if wrong or not self.precisions:
+            raise ValueError(f"unknown precision(s) {', '.join(wrong)}; choose from {', '.join(PRECISIONS)}")
+        if self.calibration_images < 1:
+            raise ValueError(f"--calibration-images must be >= 1, got {self.calibration_images}")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise ValueError(f"--batch-sizes must be positive integers, got {self.batch_sizes}")
         if self.threads < 1:
@@ -170,7 +186,8 @@ def _row(
     macs: int,
     measurement,
     peak_mb: float,
-    compile_s: float | None,
+    runner: Runner,
+    precision: str,
 ) -> dict[str, Any]:
     median = measurement.median
     images_per_s = batch / median
@@ -187,10 +204,12 @@ def _row(
         "images_per_s": images_per_s,
         "gmacs_per_s": macs * images_per_s / 1e9,
         "peak_memory_mb": peak_mb,
-        "compile_s": compile_s,
+        "compile_s": runner.compile_s,
+        "precision": precision,
+        "ran": runner.ran,
         "device": settings.device,
         "threads": settings.threads,
-        "dtype": settings.dtype,
+        "dtype": str(runner.input_dtype).removeprefix("torch.") if precision != "int8" else "int8",
         "channels_last": settings.channels_last,
     }
 
@@ -207,84 +226,77 @@ def _synchronised(fn: Callable[[], Any], device: torch.device) -> Callable[[], A
     return run
 
 
-def bench_models(settings: BenchSettings, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """One row per model, backend and batch size (see :data:`ROW_KEYS`)."""
+def bench_models(
+    settings: BenchSettings, log: Callable[[str], None] = print, skipped: list[dict[str, str]] | None = None
+) -> list[dict[str, Any]]:
+    """One row per model, backend, precision and batch size (see :data:`ROW_KEYS`, plus ``precision`` and ``ran``).
+
+    A backend x precision that cannot run here is logged with the reason and appended to ``skipped``.
+    """
     device = torch.device(settings.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but CUDA is not available here; use --device cpu")
-    dtype = getattr(torch, settings.dtype)
     torch.set_num_threads(settings.threads)
+    where = device_name(device) if device.type == "cuda" else f"CPU features {describe_cpu_features()}"
+    log(f"{device_name(device)}; {where}; {settings.threads} threads")
+    skipped = [] if skipped is None else skipped
     rows: list[dict[str, Any]] = []
-    for name in settings.models:
-        model = create_model(name).eval()
-        size = settings.input_size or int(getattr(model, "default_input_size", 224))
-        if settings.deploy:
-            model = reparameterize_model(model)
-        params = count_params(model)
-        macs = count_macs(model, size)
-        model = model.to(device=device, dtype=dtype)
+    for name, model, size, accuracy in bench_targets(settings, log):
+        params, macs = count_params(model), count_macs(model, size)
         memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
-        model = model.to(memory_format=memory_format)
-        for backend in settings.backends:
-            if backend == "onnxruntime" and (device.type != "cpu" or dtype != torch.float32):
-                log(f"{name}: onnxruntime rows are measured on CPU in float32 only; skipped")
-                continue
-            runner, compile_s, cleanup = make_runner(backend, model, size, settings, device)
-            try:
-                for batch in settings.batch_sizes:
-                    inputs = torch.randn(batch, 3, size, size, device=device, dtype=dtype)
-                    inputs = inputs.contiguous(memory_format=memory_format)
-                    call = _synchronised(runner(inputs), device)
-                    with torch.inference_mode():
-                        # Memory first: the first calls at a batch size are the ones that grow the allocators.
-                        peak = PeakMemory(device).measure(call)
-                        measurement = _time(call, settings.threads, settings.min_run_time, settings.warmup, name)
-                    row = _row(name, backend, batch, size, settings, params, macs, measurement, peak, compile_s)
-                    rows.append(row)
-                    log(
-                        f"{name:28s} {backend:11s} batch {batch:3d} @ {size}: {row['latency_ms_median']:9.2f} ms "
-                        f"(IQR {row['latency_ms_iqr']:.2f}) {row['images_per_s']:9.1f} img/s "
-                        f"{row['gmacs_per_s']:7.2f} GMAC/s"
-                    )
-            finally:
-                cleanup()
+        model = model.to(device=device, memory_format=memory_format)
+        exports = Exports(model, size, lambda a=accuracy, s=size: calibration_for(settings, a, s))
+        reference_top1 = accuracy.top1(lambda x, m=model: m(x.to(device)).float()) if accuracy else None
+        try:
+            for backend in settings.backends:
+                for precision in settings.precisions:
+                    try:
+                        runner = make_precision_runner(
+                            backend, model, precision, size, settings.threads, device, exports
+                        )
+                    except Skipped as reason:
+                        log(f"{name:28s} {backend:11s} {precision}: skipped: {reason}")
+                        skipped.append(
+                            {"model": name, "backend": backend, "precision": precision, "reason": str(reason)}
+                        )
+                        continue
+                    top1 = None
+                    if accuracy and precision != "fp32":
+                        top1 = accuracy.top1(runner.predict)
+                    for batch in settings.batch_sizes:
+                        inputs = torch.randn(batch, 3, size, size, device=device, dtype=runner.input_dtype)
+                        call = _synchronised(runner.call(inputs.contiguous(memory_format=memory_format)), device)
+                        with torch.inference_mode():
+                            # Memory first: the first calls at a batch size are the ones that grow the allocators.
+                            peak = PeakMemory(device).measure(call)
+                            measurement = _time(call, settings.threads, settings.min_run_time, settings.warmup, name)
+                        row = _row(
+                            name, backend, batch, size, settings, params, macs, measurement, peak, runner, precision
+                        )
+                        if reference_top1 is not None:
+                            row["top1"] = top1 if top1 is not None else (reference_top1 if backend == "eager" else None)
+                            row["top1_change"] = None if row["top1"] is None else row["top1"] - reference_top1
+                        rows.append(row)
+                        accuracy_note = f" top-1 {row['top1']:.2f}%" if row.get("top1") is not None else ""
+                        log(
+                            f"{name:28s} {backend:11s} {precision:4s} batch {batch:3d} @ {size}: "
+                            f"{row['latency_ms_median']:9.2f} ms (IQR {row['latency_ms_iqr']:.2f}) "
+                            f"{row['images_per_s']:9.1f} img/s, ran {runner.ran}{accuracy_note}"
+                        )
+        finally:
+            exports.cleanup()
     return rows
 
 
 def make_runner(backend: str, model: nn.Module, size: int, settings: BenchSettings, device: torch.device):
-    """(inputs -> zero-argument callable, compile seconds, cleanup) for one backend."""
-    if backend == "eager":
-        return (lambda x: lambda: model(x)), None, lambda: None
-    if backend == "compile":
-        compiled = torch.compile(model, dynamic=False)
-        example = torch.randn(1, 3, size, size, device=device, dtype=next(model.parameters()).dtype)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            compiled(example)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        compile_s = time.perf_counter() - start
-        return (lambda x: lambda: compiled(x)), compile_s, lambda: None
-    import onnxruntime
-
-    from lightnets.export import export_onnx
-
-    workdir = tempfile.TemporaryDirectory(prefix="lightnets-bench-")
-    path = Path(workdir.name) / "model.onnx"
-    start = time.perf_counter()
-    export_onnx(model.float().to(memory_format=torch.contiguous_format), path, size, check=False)
-    export_s = time.perf_counter() - start
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = settings.threads
-    options.inter_op_num_threads = 1
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-
-    def runner(x: torch.Tensor) -> Callable[[], Any]:
-        feed = {input_name: x.float().contiguous().cpu().numpy()}
-        return lambda: session.run(None, feed)
-
-    return runner, export_s, workdir.cleanup
+    """(inputs -> zero-argument callable, compile seconds, cleanup) for one backend in fp32."""
+    exports = Exports(model, size, lambda: calibration_for(settings, None, size))
+    try:
+        runner = make_precision_runner(backend, model, "fp32", size, settings.threads, device, exports)
+    except Skipped as reason:
+        exports.cleanup()
+        raise ValueError(f"{backend} cannot run here: {reason}") from None
+    return runner.call, runner.compile_s, exports.cleanup
 
 
 def interleaved_latencies(
@@ -332,12 +344,14 @@ def write_rows(rows: Sequence[dict[str, Any]], path: str | Path) -> tuple[Path, 
 
 
 def print_bench_rows(rows: Sequence[dict[str, Any]], markdown: bool = False) -> None:
-    headers = ["model", "backend", "batch", "input", "params (M)", "MACs (M)", "median ms", "IQR ms", "img/s"]
-    headers += ["GMAC/s", "peak MB", "compile s"]
+    headers = ["model", "backend", "precision", "ran", "batch", "input", "params (M)", "MACs (M)", "median ms"]
+    headers += ["IQR ms", "img/s", "GMAC/s", "peak MB", "compile s"]
     table = [
         [
             r["model"],
             r["backend"],
+            r.get("precision", "fp32"),
+            r.get("ran", r.get("precision", "fp32")),
             r["batch_size"],
             r["input_size"],
             f"{r['params'] / 1e6:.3f}",

@@ -12,8 +12,9 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+from lightnets.cli_args import add_foreign_weights_flags, model_kwargs_from, require
+from lightnets.cli_measure import add_bench_parser, add_export_parser, add_report_parser, add_summary_parser
 from lightnets.config import flag
 from lightnets.console import command_output, os_error_text
 
@@ -26,18 +27,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     print_model_table(expand_model_names(args.pattern), args.input_size, args.num_classes, args.markdown)
     return 0
-
-
-def _model_kwargs(items: list[str] | None) -> dict[str, Any]:
-    import yaml
-
-    kwargs = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--model-arg expects KEY=VALUE, got {item!r}")
-        kwargs[key] = yaml.safe_load(value)
-    return kwargs
 
 
 def _without_nproc(argv: Sequence[str]) -> list[str]:
@@ -63,7 +52,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     settings = {name: getattr(args, name) for name in TrainConfig.__dataclass_fields__ if name != "model_kwargs"}
     if args.nproc is not None:
-        _require(args.nproc, "--nproc", 1)
+        require(args.nproc, "--nproc", 1)
         if _torchrun_rank() is not None:
             raise ValueError("--nproc starts torchrun itself; drop it when launching with torchrun")
         if args.nproc > 1:
@@ -83,22 +72,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         train(config, resume=args.resume)
         return 0
     base = load_config_file(args.config) if args.config else {}
-    model_kwargs = {**base.get("model_kwargs", {}), **_model_kwargs(args.model_arg)}
+    model_kwargs = {**base.get("model_kwargs", {}), **model_kwargs_from(args.model_arg)}
     train(config_from_values({**settings, "model_kwargs": model_kwargs}, base))
     return 0
-
-
-def _require(value: int, option: str, minimum: int) -> None:
-    if value < minimum:
-        raise ValueError(f"invalid {option} {value}: expected an integer >= {minimum}")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from lightnets.evaluation import run_eval
 
-    _require(args.batch_size, "--batch-size", 1)
-    _require(args.workers, "--workers", 0)
-    args.model_kwargs = _model_kwargs(args.model_arg)
+    require(args.batch_size, "--batch-size", 1)
+    require(args.workers, "--workers", 0)
+    args.model_kwargs = model_kwargs_from(args.model_arg)
     run_eval(args)
     return 0
 
@@ -106,8 +90,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from lightnets.prediction import run_predict
 
-    _require(args.topk, "--topk", 1)
-    args.model_kwargs = _model_kwargs(args.model_arg)
+    require(args.topk, "--topk", 1)
+    args.model_kwargs = model_kwargs_from(args.model_arg)
     run_predict(args)
     return 0
 
@@ -135,24 +119,10 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     train.set_defaults(func=cmd_train)
 
 
-def _add_foreign_weights_flags(parser: argparse.ArgumentParser, model_help: str = "") -> None:
-    """--model, --model-arg and --ema: for weights files that do not name their model (the authors' checkpoints)."""
-    parser.add_argument(
-        "--model",
-        help=model_help
-        or "registered name, for a checkpoint that does not name its model (the authors' files; README, "
-        "'Using the authors' weights')",
-    )
-    parser.add_argument(
-        "--model-arg", dest="model_arg", action="append", metavar="KEY=VALUE", help="builder kwarg, repeatable"
-    )
-    parser.add_argument("--ema", action="store_true", help="load the file's EMA weights (state_dict_ema)")
-
-
 def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
     evaluate = sub.add_parser("eval", help="top-1/top-5, per-class accuracy and confusion of a checkpoint")
     evaluate.add_argument("--checkpoint", required=True, help="a .pt file (or a run directory: its best.pt)")
-    _add_foreign_weights_flags(evaluate)
+    add_foreign_weights_flags(evaluate)
     evaluate.add_argument("--data", required=True, help="dataset spec, as for train")
     evaluate.add_argument("--data-root", dest="data_root")
     evaluate.add_argument("--split", choices=["val", "train"], default="val", help="val: the held-out/test split")
@@ -165,7 +135,7 @@ def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
 
     predict = sub.add_parser("predict", help="top-k classes of image files with a checkpoint")
     predict.add_argument("--checkpoint", required=True, help="a .pt file (or a run directory: its best.pt)")
-    _add_foreign_weights_flags(predict)
+    add_foreign_weights_flags(predict)
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.add_argument("--topk", type=int, default=5)
     predict.add_argument("--device", default="auto")
@@ -173,153 +143,12 @@ def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
     predict.set_defaults(func=cmd_predict)
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from lightnets.benchmarking import BenchSettings, bench_models, print_bench_rows, write_rows
-    from lightnets.models.registry import expand_model_names
-
-    if args.ops:
-        from lightnets.operator_study import operator_study
-        from lightnets.report import plot_operator_study
-
-        rows = operator_study(device=args.device, threads=args.threads, batch_size=args.batch_sizes[0])
-        if args.out:
-            json_path, csv_path = write_rows(rows, args.out)
-            plot_operator_study(rows, Path(args.out).with_suffix(".png"))
-            print(f"wrote {json_path}, {csv_path} and {Path(args.out).with_suffix('.png')}")
-        return 0
-    settings = BenchSettings(
-        models=expand_model_names(args.models),
-        input_size=args.input_size,
-        batch_sizes=args.batch_sizes,
-        device=args.device,
-        threads=args.threads or BenchSettings().threads,
-        backends=[b.strip() for b in args.backends.split(",") if b.strip()],
-        deploy=args.deploy,
-        channels_last=args.channels_last,
-        dtype=args.dtype,
-        min_run_time=args.min_run_time,
-    )
-    rows = bench_models(settings)
-    print_bench_rows(rows, markdown=args.markdown)
-    if args.out:
-        json_path, csv_path = write_rows(rows, args.out)
-        print(f"wrote {json_path} and {csv_path}")
-    return 0
-
-
-def add_bench_parser(sub: argparse._SubParsersAction) -> None:
-    bench = sub.add_parser(
-        "bench",
-        help="latency and throughput of models (eager, compile, onnxruntime) or the operator study (--ops)",
-    )
-    bench.add_argument("--models", default="spgnet_s2p6", help="patterns and tv:/timm: names, comma-separated")
-    bench.add_argument("--input-size", dest="input_size", type=int, help="default: each model's own")
-    bench.add_argument("--batch-sizes", dest="batch_sizes", type=_int_list, default=[1, 32], help="e.g. 1,32")
-    bench.add_argument("--device", default="cpu", help="cpu or cuda")
-    bench.add_argument("--threads", type=int, help="intra-op threads for PyTorch and ONNX Runtime")
-    bench.add_argument("--backends", default="eager,onnxruntime", help="eager,compile,onnxruntime")
-    bench.add_argument("--deploy", action=argparse.BooleanOptionalAction, default=True, help="deploy form (default)")
-    bench.add_argument("--channels-last", dest="channels_last", action="store_true")
-    bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    bench.add_argument("--min-run-time", dest="min_run_time", type=float, default=1.0, help="seconds per timing")
-    bench.add_argument("--ops", action="store_true", help="operator study: dense vs grouped vs depthwise at equal MACs")
-    bench.add_argument("--markdown", action="store_true")
-    bench.add_argument("--out", help="results.json (a CSV is written beside it)")
-    bench.set_defaults(func=cmd_bench)
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from lightnets.report import write_report
-
-    for path in args.bench:
-        if not path.is_file():
-            raise ValueError(f"bench file {path} does not exist; make one with `lightnets bench --out FILE`")
-    report = write_report(args.bench, args.out, args.runs or [])
-    print(report.read_text())
-    print(f"wrote {report} and its plots")
-    return 0
-
-
-def add_report_parser(sub: argparse._SubParsersAction) -> None:
-    report = sub.add_parser("report", help="Markdown table and plots from bench JSON files (and run directories)")
-    report.add_argument("bench", nargs="+", type=Path, help="files written by `lightnets bench --out`")
-    report.add_argument("--runs", nargs="*", type=Path, help="run directories: adds accuracy vs latency")
-    report.add_argument("--out", type=Path, default=Path("report"), help="output directory (default ./report)")
-    report.set_defaults(func=cmd_report)
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from lightnets.export import export_model
-
-    export_model(
-        args.out,
-        args.format,
-        model_name=args.model,
-        checkpoint=args.checkpoint,
-        model_kwargs=_model_kwargs(args.model_arg),
-        ema=args.ema,
-        deploy=args.deploy,
-        input_size=args.input_size,
-        num_classes=args.num_classes,
-    )
-    return 0
-
-
-def add_export_parser(sub: argparse._SubParsersAction) -> None:
-    export = sub.add_parser("export", help="ONNX (checked against ONNX Runtime) or safetensors + JSON sidecar")
-    export.add_argument(
-        "--checkpoint",
-        help="a lightnets .pt checkpoint or run directory, a .safetensors file, "
-        "or an authors' checkpoint (with --model)",
-    )
-    _add_foreign_weights_flags(export, "registered name (default: the checkpoint's; needed for the authors' files)")
-    export.add_argument("--format", choices=["onnx", "safetensors"], required=True)
-    export.add_argument("--deploy", action=argparse.BooleanOptionalAction, default=False, help="export the deploy form")
-    export.add_argument("--input-size", dest="input_size", type=int, help="ONNX input size (default: the model's)")
-    export.add_argument("--num-classes", dest="num_classes", type=int, help="without a checkpoint")
-    export.add_argument("--out", required=True, help="output file (.onnx or .safetensors)")
-    export.set_defaults(func=cmd_export)
-
-
-def cmd_summary(args: argparse.Namespace) -> int:
-    from lightnets.model_summary import print_summary
-
-    _require(args.depth, "--depth", 1)
-    if args.input_size is not None:
-        _require(args.input_size, "--input-size", 1)
-    kwargs = _model_kwargs(args.model_arg)
-    print_summary(args.name, args.input_size, args.deploy, args.depth, args.num_classes, kwargs, args.markdown)
-    return 0
-
-
-def add_summary_parser(sub: argparse._SubParsersAction) -> None:
-    summary = sub.add_parser("summary", help="one row per module: output shape, params and MACs (totals as `models`)")
-    summary.add_argument("name", help="registered name, tv:NAME or timm:NAME")
-    summary.add_argument("--input-size", dest="input_size", type=int, help="square input size (default: the model's)")
-    summary.add_argument("--deploy", action="store_true", help="the deploy form's modules (conv+BN fused, ...)")
-    summary.add_argument("--depth", type=int, default=2, help="module depth of the rows (1: the model's children)")
-    summary.add_argument("--num-classes", dest="num_classes", type=int, help="classifier width (default: the form's)")
-    summary.add_argument("--model-arg", dest="model_arg", action="append", metavar="KEY=VALUE", help="builder kwarg")
-    summary.add_argument("--markdown", action="store_true", help="print a Markdown table")
-    summary.set_defaults(func=cmd_summary)
-
-
 def cmd_data_stats(args: argparse.Namespace) -> int:
     from lightnets.data.stats import print_dataset_stats
 
-    _require(args.workers, "--workers", 0)
+    require(args.workers, "--workers", 0)
     if args.input_size is not None:
-        _require(args.input_size, "--input-size", 1)
+        require(args.input_size, "--input-size", 1)
     if args.val_split is not None and not 0 < args.val_split < 1:
         raise ValueError(f"invalid --val-split {args.val_split}: expected a fraction strictly between 0 and 1")
     options = {"data_root": args.data_root, "input_size": args.input_size, "val_split": args.val_split}

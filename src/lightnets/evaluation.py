@@ -145,6 +145,7 @@ class InferenceModel:
     loaded: str  # which weights of which file
     val_split: float | None = None
     seed: int = 0
+    reference: str | None = None  # an exported file's source checkpoint, which eval compares it with
 
     def preprocess(self, device: torch.device) -> Preprocess:
         return Preprocess(self.mean, self.std, self.input_size, channels_last=False, bgr=self.bgr).to(device)
@@ -178,7 +179,14 @@ def load_inference_model(
 
     ``model_kwargs`` go to the builder (e.g. ``act_layer="relu"`` for the authors' ParNet weights) and ``ema``
     picks a file's EMA weights. Preprocessing without a record in the file is lightnets' ImageNet default.
+    An exported ``.onnx`` or OpenVINO ``.xml`` file runs in its own runtime with the preprocessing stored with it.
     """
+    from lightnets.runtimes import exported_model_fields, is_exported_file
+
+    if is_exported_file(checkpoint):
+        if model_name or model_kwargs or ema:
+            raise ValueError(f"--model, --model-arg and --ema are for weights files; {checkpoint} is a whole model")
+        return InferenceModel(**exported_model_fields(checkpoint, torch.device(device)))
     if model_name is None:
         if model_kwargs or ema:
             raise ValueError("--model-arg and --ema need --model NAME")
@@ -202,6 +210,14 @@ def load_inference_model(
         bgr=cfg.get("channel_order") == "BGR",
         loaded=cfg.get("loaded", "weights"),
     )
+
+
+def _device_of(args: argparse.Namespace) -> torch.device:
+    from lightnets.runtimes import is_exported_file
+
+    # An exported file runs in its runtime, on the CPU unless CUDA is asked for by name.
+    exported = is_exported_file(args.checkpoint) and args.device == "auto"
+    return resolve_device("cpu" if exported else args.device)
 
 
 def _load_from_args(args: argparse.Namespace, device: torch.device) -> InferenceModel:
@@ -234,10 +250,10 @@ def _check_classes(loaded: InferenceModel, data: str, classes: list[str]) -> Non
 
 
 def run_eval(args: argparse.Namespace) -> dict[str, Any]:
-    device = resolve_device(args.device)
+    device = _device_of(args)
     loaded = _load_from_args(args, device)
     model = loaded.model
-    if getattr(args, "model", None):
+    if getattr(args, "model", None) or hasattr(model, "runtime"):
         print(f"loaded {loaded.loaded} from {loaded.path}", file=sys.stderr)
     bundle = load_dataset(
         args.data,
@@ -257,7 +273,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         batches(split, args.batch_size, device, train=False, workers=args.workers),
         loaded.preprocess(device),
         len(bundle.classes),
-        amp=amp,
+        amp=amp and loaded.reference is None,
     )
     split_name = "train" if args.split == "train" else bundle.val_name
     report = {
@@ -279,6 +295,9 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         f"top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%  loss {result.loss:.4f}  "
         f"{result.images_per_second:.0f} images/s"
     )
+    reference = getattr(args, "reference", None) or loaded.reference
+    if reference and Path(reference).exists() and reference != loaded.path:
+        report["reference"] = _compare_with(reference, loaded, result, split, args, device, len(bundle.classes))
     width = max(len(c) for c in bundle.classes)
     print("per-class accuracy:")
     for name, accuracy in report["per_class_accuracy"].items():
@@ -298,3 +317,15 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         plot_confusion(result.confusion, bundle.classes, out / "confusion.png")
         print(f"wrote {out / 'eval.json'} and {out / 'confusion.png'}")
     return report
+
+
+def _compare_with(
+    reference: str, loaded: InferenceModel, result: EvalResult, split: Any, args: Any, device: torch.device, n: int
+) -> dict[str, Any]:
+    """Top-1 of the checkpoint an exported file came from, on the same images, in fp32; and the change."""
+    source = load_inference_model(reference, device)
+    batch_iter = batches(split, args.batch_size, device, train=False, workers=args.workers)
+    top1 = evaluate(source.model, batch_iter, source.preprocess(device), n, amp=False).top1
+    change = result.top1 - top1
+    print(f"top-1 {result.top1:.2f}% ({loaded.loaded}) vs {top1:.2f}% (fp32 {reference}): {change:+.2f} pt")
+    return {"checkpoint": reference, "top1": top1, "top1_change": change}

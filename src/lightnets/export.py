@@ -35,6 +35,7 @@ __all__ = [
     "export_safetensors",
     "load_safetensors_model",
     "load_weights_into",
+    "preprocessing_of",
     "sidecar_path",
 ]
 
@@ -186,6 +187,22 @@ def load_weights_into(model: nn.Module, path: str | Path, *, ema: bool = False) 
     return load_weights(model, read_weights(path, ema=ema))
 
 
+def preprocessing_of(model: nn.Module, input_size: int | None = None) -> dict[str, Any]:
+    """The inputs ``model``'s weights expect: input size, resize, mean, std, channel order (its ``pretrained_cfg``,
+    which a lightnets checkpoint fills from its training data, else lightnets' ImageNet defaults)."""
+    from lightnets.data import IMAGENET_MEAN, IMAGENET_STD
+
+    cfg = getattr(model, "pretrained_cfg", {})
+    size = int(input_size or cfg.get("input_size") or getattr(model, "default_input_size", 224))
+    return {
+        "input_size": size,
+        "eval_resize": int(cfg.get("eval_resize") or round(size / cfg.get("crop_pct", 0.875))),
+        "mean": list(cfg.get("mean", IMAGENET_MEAN)),
+        "std": list(cfg.get("std", IMAGENET_STD)),
+        "channel_order": cfg.get("channel_order", "RGB"),
+    }
+
+
 def export_model(
     out: str | Path,
     fmt: str,
@@ -194,17 +211,40 @@ def export_model(
     checkpoint: str | Path | None = None,
     model_kwargs: dict[str, Any] | None = None,
     ema: bool = False,
-    deploy: bool = False,
+    deploy: bool | None = None,
     input_size: int | None = None,
     num_classes: int | None = None,
+    precision: str = "fp32",
+    calibration_data: str | None = None,
+    calibration_images: int | None = None,
+    data_root: str | Path | None = None,
 ) -> Path:
-    """``lightnets export``: the model of ``checkpoint`` (or ``model_name``, untrained) as ONNX or safetensors.
+    """``lightnets export``: the model of ``checkpoint`` (or ``model_name``, untrained) as ONNX, OpenVINO IR or
+    safetensors; ONNX and OpenVINO in fp32 or, calibrated on ``calibration_data``'s training images, INT8.
 
     A file that names its model needs no ``model_name``; the authors' files do. The inputs the weights expect (the
-    authors' mean, std and channel order) are recorded in the ONNX metadata or the safetensors sidecar.
+    authors' mean, std and channel order) are recorded in the ONNX metadata, the OpenVINO sidecar or the
+    safetensors sidecar. ``deploy`` defaults to the deploy form for OpenVINO and INT8, the form they are run in.
     """
     from lightnets.models import create_model, reparameterize_model
 
+    if fmt not in ("onnx", "openvino", "safetensors"):
+        raise ValueError(f"--format must be onnx, openvino or safetensors, got {fmt!r}")
+    if fmt == "openvino" and Path(out).suffix.lower() != ".xml":
+        raise ValueError(f"--out {out}: an OpenVINO model is written as NAME.xml (+ NAME.bin); give a .xml path")
+    if precision not in ("fp32", "int8"):
+        raise ValueError(f"--precision must be fp32 or int8, got {precision!r}")
+    if precision == "int8" and fmt == "safetensors":
+        raise ValueError("--precision int8 is for --format onnx or openvino; safetensors holds the fp32 weights")
+    if precision == "int8" and not calibration_data:
+        raise ValueError(
+            "--precision int8 needs --calibration-data SPEC: the training images (as for train --data) whose "
+            "activation ranges the quantiser calibrates on"
+        )
+    if precision != "int8" and (calibration_data or calibration_images):
+        raise ValueError("--calibration-data and --calibration-images are for --precision int8")
+    if deploy is None:
+        deploy = fmt == "openvino" or precision == "int8"
     check_writable(out, "--out")  # before the minutes an export can take
     kwargs = dict(model_kwargs or {})
     if num_classes is not None:
@@ -237,16 +277,7 @@ def export_model(
     cfg = getattr(model, "pretrained_cfg", {})
     preprocess = {key: cfg[key] for key in PRETRAINED_CFG_KEYS if key in cfg}
     out = Path(out)
-    if fmt == "onnx":
-        size = input_size or int(preprocess.get("input_size") or getattr(model, "default_input_size", 224))
-        metadata = {key: json.dumps(value) for key, value in preprocess.items()}
-        result = export_onnx(model, out, size, metadata=metadata)
-        diffs = ", ".join(
-            f"batch {b}: max abs {result['max_abs_diff'][b]:.2e} (rel {result['max_rel_diff'][b]:.2e})"
-            for b in result["max_abs_diff"]
-        )
-        print(f"wrote {out} ({result['exporter']}, opset {result['opset']}, input {size}); onnxruntime check: {diffs}")
-    else:
+    if fmt == "safetensors":
         path = export_safetensors(
             model,
             out,
@@ -258,6 +289,27 @@ def export_model(
         print(
             f"wrote {path} and its sidecar; load with lightnets.create_model({model_name!r}, checkpoint={str(path)!r})"
         )
+    else:
+        from lightnets.runtime_export import export_for_runtime
+        from lightnets.runtimes import META_KEY
+
+        inputs = preprocessing_of(model, input_size)
+        extra = weights.extra if weights is not None else {}
+        meta = {
+            "format": "lightnets-export",
+            "model_name": model_name,
+            "classes": list(classes) if classes is not None else None,
+            **inputs,
+            "precision": precision,
+            "deploy": deploy,
+            "source": str(Path(weights.path).resolve()) if weights is not None else None,
+            "val_split": extra.get("val_split"),
+            "seed": extra.get("seed", 0),
+        }
+        # Each key on its own as well, as lightnets wrote them before META_KEY existed.
+        metadata = {key: json.dumps(value) for key, value in preprocess.items()}
+        metadata[META_KEY] = json.dumps(meta)
+        export_for_runtime(model, out, fmt, meta, metadata, calibration_data, calibration_images, data_root)
     if preprocess:
         print("inputs it expects: " + ", ".join(f"{key} {value}" for key, value in preprocess.items()))
     return out

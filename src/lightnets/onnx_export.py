@@ -20,7 +20,7 @@ from lightnets.files import atomic_path
 from lightnets.models._helpers import model_label
 from lightnets.models._safetensors import first_line, require_module
 
-__all__ = ["FEATURES_NAME", "INPUT_NAME", "OUTPUT_NAME", "export_onnx", "output_names"]
+__all__ = ["FEATURES_NAME", "INPUT_NAME", "OUTPUT_NAME", "export_onnx", "fold_reshape_shapes", "output_names"]
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -89,6 +89,72 @@ def _export_dynamo(model: nn.Module, example: torch.Tensor, path: Path, opset: i
 _EXPORTERS = (("torchscript", _export_torchscript), ("dynamo", _export_dynamo))
 
 
+def fold_reshape_shapes(proto: Any, channels: int, input_size: int) -> int:
+    """Give every Reshape whose target shape is computed at run time a constant target shape; returns how many.
+
+    With a dynamic batch axis the exporter builds a reshape's target from ``Shape``/``Slice``/``Concat`` of its
+    input, and ONNX Runtime's symbolic shape inference (``quant_pre_process``) cannot tell that target's rank
+    (it stops on ``assert is_literal(shape_rank)``). The targets are read by running the graph at batch 2 and 3:
+    the output's one dimension that follows the batch becomes -1, the others their sizes. A target with any other
+    dependence on the input is left as it was. The nodes that only computed targets are then removed.
+    """
+    onnx = require_module("onnx")
+    ort = require_module("onnxruntime")
+    graph = proto.graph
+    if any(
+        attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for attr in n.attribute
+    ):
+        return 0  # control flow: the pruning below does not look into subgraphs
+    constant = {init.name for init in graph.initializer}
+    constant |= {out for node in graph.node if node.op_type == "Constant" for out in node.output}
+    targets = [node for node in graph.node if node.op_type == "Reshape" and node.input[1] not in constant]
+    if not targets:
+        return 0
+    # The reshapes' outputs, not their computed targets: a target may hold -1 or 0 entries of its own.
+    probe = copy.deepcopy(proto)
+    probe.graph.output.extend(onnx.ValueInfoProto(name=node.output[0]) for node in targets)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [node.output[0] for node in targets]
+    shapes = []
+    for batch in (2, 3):
+        feed = {graph.input[0].name: torch.zeros(batch, channels, input_size, input_size).numpy()}
+        shapes.append([value.shape for value in session.run(names, feed)])
+    folded = 0
+    for index, (node, at2, at3) in enumerate(zip(targets, *shapes)):
+        varying = [i for i, (a, b) in enumerate(zip(at2, at3)) if a != b]
+        if len(at2) != len(at3) or len(varying) != 1:
+            continue
+        static = list(at2)
+        static[varying[0]] = -1
+        name = f"lightnets_static_shape_{index}"
+        graph.initializer.append(onnx.numpy_helper.from_array(torch.tensor(static).numpy(), name))
+        node.input[1] = name
+        folded += 1
+    _remove_dead_nodes(graph)
+    return folded
+
+
+def _remove_dead_nodes(graph: Any) -> None:
+    needed = {out.name for out in graph.output}
+    kept = []
+    for node in reversed(graph.node):
+        if any(out in needed for out in node.output):
+            kept.append(node)
+            needed.update(name for name in node.input if name)
+    kept.reverse()
+    del graph.node[:]
+    graph.node.extend(kept)
+    unused = [init for init in graph.initializer if init.name not in needed]
+    for init in unused:
+        graph.initializer.remove(init)
+    stale = [info for info in graph.value_info if info.name not in needed]
+    for info in stale:
+        graph.value_info.remove(info)
+
+
 def _onnx_session(path: Path) -> Any:
     ort = require_module("onnxruntime")
     options = ort.SessionOptions()
@@ -121,9 +187,12 @@ def export_onnx(
     otherwise a ValueError is raised and ``path`` is left as it was. The file replaces ``path`` atomically.
     ``metadata`` (str -> str) is stored in the file's ``metadata_props``, e.g. the preprocessing the weights expect.
 
+    Reshapes whose target shape the exporter computes at run time (channel shuffle, ParNet's stack-and-flatten)
+    get constant target shapes (:func:`fold_reshape_shapes`), which quantisation tools need.
+
     Returns ``{path, opset, input_size, outputs, max_abs_diff: {batch: float}, max_rel_diff: {batch: float},
-    exporter, export_seconds}``: the output names, and the largest difference over them at each batch size (the
-    diff dicts are empty without ``check``).
+    exporter, export_seconds, static_reshapes}``: the output names, and the largest difference over them at each
+    batch size (the diff dicts are empty without ``check``).
     """
     onnx = require_module("onnx")
     path = Path(path)
@@ -170,11 +239,11 @@ def export_onnx(
                 raise ValueError(f"ONNX export of {model_label(model)} failed ({'; '.join(failures)})")
             result["exporter"], result["outputs"] = exporter_name, outputs
             result["export_seconds"] = round(time.perf_counter() - start, 3)
-            if metadata:
-                proto = onnx.load(str(tmp))
-                for key, value in metadata.items():
-                    proto.metadata_props.add(key=key, value=value)
-                onnx.save(proto, str(tmp))
+            proto = onnx.load(str(tmp))
+            result["static_reshapes"] = fold_reshape_shapes(proto, channels, input_size)
+            for key, value in (metadata or {}).items():
+                proto.metadata_props.add(key=key, value=value)
+            onnx.save(proto, str(tmp))
             result["max_abs_diff"], result["max_rel_diff"] = {}, {}
             if check:
                 try:

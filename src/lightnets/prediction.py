@@ -24,8 +24,7 @@ from lightnets.data import IMAGE_EXTENSIONS, UnreadableImageError, eval_transfor
 from lightnets.data.checks import report_scans
 from lightnets.data.folder import read_image_rgb
 from lightnets.data.scan import scan_folder
-from lightnets.evaluation import InferenceModel, _from_state, _load_from_args
-from lightnets.runtime import resolve_device
+from lightnets.evaluation import InferenceModel, _device_of, _from_state, _load_from_args
 
 __all__ = ["predict_images", "run_predict"]
 
@@ -95,7 +94,7 @@ def predict_images(
 
 
 def run_predict(args: argparse.Namespace) -> list[dict[str, Any]]:
-    device = resolve_device(args.device)
+    device = _device_of(args)
     loaded = _load_from_args(args, device)
     if loaded.classes is None:
         print(
