@@ -9,6 +9,7 @@ read back, an interrupted one resumed, so the command can be re-run until it com
 
     python benchmarks/convergence.py                       # the CPU suite: subset 1 and 10 epochs, full 1 epoch
     python benchmarks/convergence.py --only spgnet         # the runs whose name contains "spgnet"
+    python benchmarks/convergence.py --notes benchmarks/convergence_notes.md   # the page with what this run showed
 
 The GPU suite (every family on full CIFAR-10 at once, bf16, channels_last) is benchmarks/convergence_gpu.py.
 """
@@ -168,6 +169,7 @@ def markdown(rows: list[dict], header: str, command: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", help="run only the runs whose name contains this")
+    parser.add_argument("--notes", type=Path, help="Markdown appended to the page (what the run shows)")
     parser.add_argument("--reverse", action="store_true", help="last run first: a second process on another core")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "convergence")
     parser.add_argument("--out", type=Path, default=None, help="default docs/results/convergence")
@@ -209,7 +211,8 @@ def main() -> None:
     command = "python benchmarks/convergence.py"
     if not args.only and len(rows) == len(runs):
         rows.sort(key=lambda row: [run.name for run in runs].index(row["run"]))
-        out.with_suffix(".md").write_text(markdown(rows, header, command))
+        notes = "\n" + args.notes.read_text() if args.notes else ""
+        out.with_suffix(".md").write_text(markdown(rows, header, command) + notes)
         meta = {"device": where, "threads": threads, "torch": torch.__version__}
         out.with_suffix(".json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
         print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
