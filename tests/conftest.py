@@ -43,3 +43,11 @@ def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    # OpenVINO and NNCF, once loaded into the pytest process by tests/test_deploy.py, left it to die of SIGSEGV
+    # (no Python frame in the fault) in the next test that starts torchrun and then evaluates in-process
+    # (test_distributed.py, twice out of two full runs; never with the two files alone). Until the cause is found,
+    # the deploy tests run after every other test, so nothing follows them in the process.
+    items.sort(key=lambda item: item.nodeid.startswith("tests/test_deploy.py"))
