@@ -46,8 +46,9 @@ def _seed() -> None:
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    # OpenVINO and NNCF, once loaded into the pytest process by tests/test_deploy.py, left it to die of SIGSEGV
-    # (no Python frame in the fault) in the next test that starts torchrun and then evaluates in-process
-    # (test_distributed.py, twice out of two full runs; never with the two files alone). Until the cause is found,
-    # the deploy tests run after every other test, so nothing follows them in the process.
+    # A pytest process that has (1) run a DataLoader with worker processes (test_data_stats.py's workers=1 call),
+    # then (2) the deploy tests (OpenVINO, NNCF, ONNX Runtime quantisation), died of SIGSEGV with no Python frame
+    # in (3) the next test that starts torchrun and then evaluates in-process (test_distributed.py). Each of the
+    # three was needed: removing the workers=1 call or the deploy tests made it pass; a small script doing the
+    # same three things did not crash. Until the cause is found, the deploy tests run after every other test.
     items.sort(key=lambda item: item.nodeid.startswith("tests/test_deploy.py"))
