@@ -93,20 +93,29 @@ def cpu_suite() -> list[Run]:
     return runs
 
 
+def train_command(run: Run, run_dir: Path, lightnets: list[str]) -> list[str]:
+    """``lightnets train`` for ``run``: resuming its last.pt when an earlier attempt left one."""
+    if (run_dir / "last.pt").is_file():
+        return [*lightnets, "train", "--resume", str(run_dir), "--quiet"]
+    return [*lightnets, "train", *run.arguments(), "--seed", "0", "--out", str(run_dir), "--quiet"]
+
+
+def add_wall_seconds(run_dir: Path, seconds: float) -> None:
+    """Add to the run's wall time (a resumed run's attempts add up)."""
+    wall = run_dir / "wall_seconds"
+    before = float(wall.read_text()) if wall.is_file() else 0.0
+    wall.write_text(f"{before + seconds:.1f}\n")
+
+
 def run_one(run: Run, runs_dir: Path, lightnets: list[str]) -> Path:
     run_dir = runs_dir / run.name
     if (run_dir / "results.json").is_file():
         return run_dir
-    if (run_dir / "last.pt").is_file():
-        command = [*lightnets, "train", "--resume", str(run_dir), "--quiet"]
-    else:
-        command = [*lightnets, "train", *run.arguments(), "--seed", "0", "--out", str(run_dir), "--quiet"]
+    command = train_command(run, run_dir, lightnets)
     print(" ".join(command), flush=True)
     start = time.perf_counter()
     subprocess.run(command, check=True)
-    wall = run_dir / "wall_seconds"
-    before = float(wall.read_text()) if wall.is_file() else 0.0
-    wall.write_text(f"{before + time.perf_counter() - start:.1f}\n")
+    add_wall_seconds(run_dir, time.perf_counter() - start)
     return run_dir
 
 

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import torch
 
-from convergence import FULL, Run, read_run  # benchmarks/ is this script's folder, so its first import path
+# benchmarks/ is this script's folder, so its first import path
+from convergence import FULL, Run, add_wall_seconds, read_run, train_command
 
 GPU_MODELS = [
     "shufflenet_v1_g3_x1_0_cifar",
@@ -63,7 +64,7 @@ def gpu_runs(data: str, epochs: dict[str, int], probe: bool, device: str = "cuda
 def run_all_at_once(runs: list[Run], runs_dir: Path, minutes: float) -> None:
     """Start every run; at ``minutes`` send SIGINT to those still going (each stops at its next step, saving
     last.pt), so the table shows the epochs they finished. Each run's output goes to RUNS_DIR/<run>.log."""
-    lightnets = [sys.executable, "-m", "lightnets", "train"]
+    lightnets = [sys.executable, "-m", "lightnets"]
     runs_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     going = {}
@@ -71,12 +72,10 @@ def run_all_at_once(runs: list[Run], runs_dir: Path, minutes: float) -> None:
         run_dir = runs_dir / run.name
         if (run_dir / "results.json").is_file():
             continue
-        resume = (run_dir / "last.pt").is_file()
-        command = [*lightnets, "--resume", str(run_dir)] if resume else [*lightnets, *run.arguments()]
-        command += [] if resume else ["--seed", "0", "--out", str(run_dir)]
-        print(" ".join([*command, "--quiet"]), flush=True)
+        command = train_command(run, run_dir, lightnets)
+        print(" ".join(command), flush=True)
         log = open(runs_dir / f"{run.name}.log", "a")  # noqa: SIM115 (closed once the process has ended)
-        going[run.name] = (subprocess.Popen([*command, "--quiet"], stdout=log, stderr=subprocess.STDOUT), log)
+        going[run.name] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log)
     deadline = started + minutes * 60
     ended: dict[str, float] = {}
     while len(ended) < len(going):
@@ -92,10 +91,8 @@ def run_all_at_once(runs: list[Run], runs_dir: Path, minutes: float) -> None:
         time.sleep(1)
     for name, (process, log) in going.items():
         log.close()
-        wall = runs_dir / name / "wall_seconds"
-        if wall.parent.is_dir():
-            before = float(wall.read_text()) if wall.is_file() else 0.0
-            wall.write_text(f"{before + ended[name] - started:.1f}\n")
+        if (runs_dir / name).is_dir():
+            add_wall_seconds(runs_dir / name, ended[name] - started)
         if process.returncode != 0:
             print(f"{name}: exited with {process.returncode}; see {runs_dir / (name + '.log')}", flush=True)
 
