@@ -54,8 +54,8 @@ import torch
 import yaml
 from torch import nn
 
-from lightnets.benchmarking import device_name, interleaved_latencies
-from lightnets.complexity import count_macs, count_params
+from lightnets.measure.complexity import count_macs, count_params
+from lightnets.measure.latency import device_name, interleaved_latencies
 from lightnets.models import create_model, reparameterize_model
 
 DEFAULT_AUTHORS_DIR = "/work/authors"

@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from lightnets.benchmarking import device_name
-from lightnets.runtime import describe_cpu_features
+from lightnets.device import describe_cpu_features
+from lightnets.measure.latency import device_name
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

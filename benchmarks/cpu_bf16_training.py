@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lightnets.benchmarking import device_name
+from lightnets.device import describe_cpu_features
+from lightnets.measure.latency import device_name
 from lightnets.models import create_model
-from lightnets.optim import parameter_groups
-from lightnets.runtime import describe_cpu_features
+from lightnets.train.optim import parameter_groups
 
 MODELS = {
     32: [

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from lightnets.benchmarking import device_name
+from lightnets.measure.latency import device_name
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBSET = ROOT.parent / "shared" / "data" / "cifar-10-subset-python.tar.gz"

@@ -30,10 +30,10 @@ from typing import Any
 import torch
 
 import lightnets
-from lightnets.bench_summary import best_paths, int8_slower
-from lightnets.benchmarking import BenchSettings, bench_models
+from lightnets.device import describe_cpu_features, device_name
 from lightnets.files import atomic_write
-from lightnets.runtime import describe_cpu_features, device_name
+from lightnets.measure.best import best_paths, int8_slower
+from lightnets.measure.latency import BenchSettings, bench_models
 
 MODELS = ["spgnet_s2p6", "shufflenet_v1_g3_x1_0", "parnet_s", "asymmnet_large_x1_0"]
 BACKENDS = ["eager", "compile", "onnxruntime", "openvino"]
@@ -63,9 +63,9 @@ def openvino_profile(name: str, size: int, threads: int, batch: int = 1) -> list
     """Where OpenVINO's INT8 model of ``name`` spends its time at ``batch``: per layer type and kernel, summed."""
     import openvino as ov
 
-    from lightnets.bench_backends import Exports
+    from lightnets.deploy.quantize import random_calibration
+    from lightnets.measure.backends import Exports
     from lightnets.models import create_model, reparameterize_model
-    from lightnets.quantize import random_calibration
 
     model = reparameterize_model(create_model(name).eval())
     exports = Exports(model, size, lambda: random_calibration(32, size))

@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from lightnets.benchmarking import BenchSettings, interleaved_latencies, make_runner
-from lightnets.complexity import count_macs
+from lightnets.measure.complexity import count_macs
+from lightnets.measure.latency import BenchSettings, interleaved_latencies, make_runner
 from lightnets.models import create_model, reparameterize_model
 
 DEPLOY_STUDY = ["parnet_s", "spgnet_s2p6", "shufflenet_v1_g3_x1_0", "asymmnet_large_x1_0"]

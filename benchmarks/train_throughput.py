@@ -28,7 +28,7 @@ from torchvision import transforms
 from lightnets.data import load_dataset
 from lightnets.data.batches import Preprocess, tensor_batches
 from lightnets.models import create_model
-from lightnets.optim import parameter_groups
+from lightnets.train.optim import parameter_groups
 
 
 class PilCifar(torch.utils.data.Dataset):

@@ -21,7 +21,7 @@ def shared_file(name: str) -> Path:
 def subset_config(run_dir: Path, model: str, **settings):
     """A TrainConfig on the CIFAR-10 subset writing ``run_dir``, quiet, without DataLoader workers; ``settings``
     give the rest and override any of these."""
-    from lightnets.config import TrainConfig
+    from lightnets.train.config import TrainConfig
 
     data = f"cifar10:{shared_file('cifar-10-subset-python.tar.gz')}"
     return TrainConfig(**{"model": model, "data": data, "quiet": True, "workers": 0, "out": str(run_dir), **settings})

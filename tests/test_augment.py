@@ -6,15 +6,15 @@ import torch
 import yaml
 from PIL import Image
 
-import lightnets.runtime as runtime
-import lightnets.training as training
+import lightnets.device as runtime
+import lightnets.train.loop as training
 from lightnets.cli import main
-from lightnets.config import TrainConfig, validate_config
 from lightnets.data import AugmentSpec, TensorSplit, batch_augmentation, load_dataset
 from lightnets.data.augment import color_jitter, cutout, random_erasing
 from lightnets.data.batches import tensor_batches
 from lightnets.data.folder import SeededSamples, train_transform
-from lightnets.runtime import default_amp
+from lightnets.device import default_amp
+from lightnets.train.config import TrainConfig, validate_config
 
 from .conftest import shared_file, subset_config
 

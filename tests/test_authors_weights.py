@@ -18,8 +18,8 @@ from torch import nn
 
 import lightnets
 from lightnets.cli import main
-from lightnets.models._helpers import CheckpointError
-from lightnets.training import Preprocess
+from lightnets.models.errors import CheckpointError
+from lightnets.train.loop import Preprocess
 
 from .conftest import randomize_batchnorm, shared_file
 
@@ -136,7 +136,7 @@ def test_spgnet_converter_refuses_a_block_the_authors_never_built(tmp_path):
     path = tmp_path / "spg.pth"
     torch.save({"state_dict": {"first_conv.0.conv.weight": torch.zeros(1)}}, path)
     with pytest.raises(CheckpointError, match=r"no counterpart of stages\.0\.0\.chain\.2\.conv\.weight"):
-        lightnets.models._helpers.load_weights(model, lightnets.models._helpers.read_weights(path))
+        lightnets.models.weights.load_weights(model, lightnets.models.weights.read_weights(path))
 
 
 # ---------------------------------------------------------------------------------------- container formats

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from lightnets.benchmarking import ROW_KEYS, BenchSettings, bench_models
 from lightnets.cli import main
-from lightnets.operator_study import operator_study
-from lightnets.report import family_of, write_report
+from lightnets.measure.latency import ROW_KEYS, BenchSettings, bench_models
+from lightnets.measure.operators import operator_study
+from lightnets.measure.report import family_of, write_report
 
 
 def test_bench_rows_have_every_field(tmp_path, capsys):

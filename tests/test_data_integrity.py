@@ -21,13 +21,13 @@ from PIL import Image
 
 import lightnets
 import lightnets.data.checks as checks
-import lightnets.training as training
-from lightnets.checkpoint import save_checkpoint
+import lightnets.train.loop as training
 from lightnets.cli import main
-from lightnets.console import command_output, os_error_text
+from lightnets.cli.console import command_output, os_error_text
 from lightnets.data import load_dataset
 from lightnets.data.scan import find_images, scan_class_folders
 from lightnets.models import create_model
+from lightnets.train.rundir import save_checkpoint
 
 MODEL = "shufflenet_v1_g3_x0_25_cifar"
 REPO = Path(__file__).resolve().parents[1]

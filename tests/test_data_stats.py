@@ -9,14 +9,14 @@ import torch
 import yaml
 from PIL import Image
 
-from lightnets.checkpoint import load_checkpoint
 from lightnets.cli import main
-from lightnets.config import TrainConfig
 from lightnets.data import IMAGENET_MEAN, IMAGENET_STD, load_dataset
 from lightnets.data.stats import channel_stats, dataset_stats, with_normalization
 from lightnets.evaluation import load_inference_model
-from lightnets.train_helpers import normalized_bundle
-from lightnets.training import train
+from lightnets.models.checkpoint import load_checkpoint
+from lightnets.train.config import TrainConfig
+from lightnets.train.loop import train
+from lightnets.train.steps import normalized_bundle
 
 from .conftest import shared_file
 
@@ -173,7 +173,7 @@ REPORT_SCRIPT = """
     # lightnets train, printing who measured the dataset and the mean/std each rank trains with.
     import os, sys
     import lightnets.data.stats as stats
-    import lightnets.training as training
+    import lightnets.train.loop as training
     from lightnets.cli import main
 
     measure, normalize = stats.channel_stats, training.normalized_bundle

@@ -10,12 +10,12 @@ import torch
 from PIL import Image
 
 import lightnets
-from lightnets.bench_summary import best_paths, int8_slower
-from lightnets.benchmarking import BenchSettings, bench_models
-from lightnets.checkpoint import save_checkpoint
 from lightnets.cli import main
 from lightnets.evaluation import load_inference_model
+from lightnets.measure.best import best_paths, int8_slower
+from lightnets.measure.latency import BenchSettings, bench_models
 from lightnets.prediction import predict_images
+from lightnets.train.rundir import save_checkpoint
 from tests.conftest import randomize_batchnorm
 
 pytest.importorskip("openvino")
@@ -68,7 +68,7 @@ def make_checkpoint(path, name, kwargs):
 def test_onnx_export_has_constant_reshape_targets_for_quantisation(tmp_path):
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from lightnets.onnx_export import export_onnx
+    from lightnets.deploy.onnx import export_onnx
 
     model = lightnets.reparameterize_model(lightnets.create_model("shufflenet_v1_g3_x0_25_cifar").eval())
     result = export_onnx(model, tmp_path / "m.onnx", 32)
@@ -207,7 +207,7 @@ def test_bench_settings_reject_unknown_precisions():
 
 def test_torch_stays_float32_after_a_bf16_row():
     # Module.to works in place: a bf16 row must not leave the model the next rows use in bf16.
-    from lightnets.bench_backends import make_precision_runner
+    from lightnets.measure.backends import make_precision_runner
 
     model = lightnets.create_model("shufflenet_v1_g3_x0_25_cifar").eval()
     runner = make_precision_runner("eager", model, "bf16", 32, 1, torch.device("cpu"), exports=None)
@@ -217,8 +217,8 @@ def test_torch_stays_float32_after_a_bf16_row():
 
 def test_fp16_onnx_for_the_cuda_provider_keeps_float32_inputs_and_outputs():
     # What ONNX Runtime's CUDA provider runs for fp16 rows: made here, run only on a GPU with onnxruntime-gpu.
-    from lightnets.bench_backends import Exports
-    from lightnets.quantize import random_calibration
+    from lightnets.deploy.quantize import random_calibration
+    from lightnets.measure.backends import Exports
 
     model = lightnets.reparameterize_model(lightnets.create_model("shufflenet_v1_g3_x0_25_cifar").eval())
     exports = Exports(model, 32, lambda: random_calibration(2, 32))

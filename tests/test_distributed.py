@@ -3,7 +3,6 @@
 Every job here is a real ``torchrun`` launch (``python -m torch.distributed.run``) of ``-m lightnets train``.
 """
 
-import argparse
 import contextlib
 import csv
 import json
@@ -18,11 +17,11 @@ import pytest
 import torch
 import yaml
 
-from lightnets.checkpoint import build_model_from_checkpoint, load_checkpoint
 from lightnets.data import TensorSplit
 from lightnets.data.batches import _batch_indices, tensor_batches
 from lightnets.distributed import ControlChannel, DistContext, init_distributed
-from lightnets.evaluation import run_eval
+from lightnets.evaluation import evaluate_checkpoint
+from lightnets.models.checkpoint import build_model_from_checkpoint, load_checkpoint
 
 from .conftest import shared_file
 
@@ -220,12 +219,15 @@ def test_two_gloo_processes_match_one_process(ddp_run, reference):
     # process evaluating the same weights finds them.
     with open(run / "summary.csv") as handle:
         last_row = list(csv.DictReader(handle))[-1]
-    single_eval = run_eval(
-        argparse.Namespace(
-            checkpoint=str(run / "last.pt"), data=f"cifar10:{shared_file(SUBSET)}", data_root=None, split="val",
-            batch_size=100, device="cpu", workers=0, amp=False, out=None,
-        )
-    )  # fmt: skip
+    single_eval = evaluate_checkpoint(
+        run / "last.pt",
+        f"cifar10:{shared_file(SUBSET)}",
+        split="val",
+        batch_size=100,
+        device="cpu",
+        workers=0,
+        amp=False,
+    )
     assert single_eval["images"] == 1017
     assert float(last_row["val_top1"]) == pytest.approx(single_eval["top1"], abs=1e-9)
     assert float(last_row["val_top5"]) == pytest.approx(single_eval["top5"], abs=1e-9)
@@ -278,8 +280,8 @@ def test_batch_that_does_not_split_over_the_ranks_is_refused(tmp_path):
 
 
 def test_sync_bn_on_cpu_is_refused_before_any_work(tmp_path):
-    from lightnets.config import TrainConfig
-    from lightnets.training import train
+    from lightnets.train.config import TrainConfig
+    from lightnets.train.loop import train
 
     config = TrainConfig(model=MODEL, data=f"cifar10:{shared_file(SUBSET)}", device="cpu", sync_bn=True)
     with pytest.raises(ValueError, match="--sync-bn needs CUDA"):

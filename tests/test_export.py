@@ -7,9 +7,11 @@ import torch
 from torch import nn
 
 import lightnets
-from lightnets import onnx_export as export
-from lightnets.checkpoint import CheckpointError, save_checkpoint
-from lightnets.export import export_onnx, export_safetensors, load_safetensors_model, load_weights_into, sidecar_path
+from lightnets.deploy import onnx as export
+from lightnets.deploy.onnx import export_onnx
+from lightnets.deploy.safetensors import export_safetensors, load_safetensors_model, load_weights_into, sidecar_path
+from lightnets.models.checkpoint import CheckpointError
+from lightnets.train.rundir import save_checkpoint
 
 from .conftest import randomize_batchnorm
 

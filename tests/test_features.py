@@ -138,7 +138,7 @@ def test_deploy_form_of_the_features_equals_the_training_form(name):
 def test_onnx_export_of_the_deploy_features_has_one_output_per_map(name, tmp_path):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from lightnets.onnx_export import export_onnx
+    from lightnets.deploy.onnx import export_onnx
 
     features = lightnets.create_model(name, features_only=True, out_indices=(1, 2, -1))
     randomize_batchnorm(features, seed=5)
@@ -159,7 +159,7 @@ def test_onnx_export_of_the_deploy_features_has_one_output_per_map(name, tmp_pat
 
 def test_onnx_check_compares_every_output(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
-    from lightnets import onnx_export
+    from lightnets.deploy import onnx as onnx_export
 
     features = lightnets.create_model("shufflenet_v1_g3_x0_5_cifar", features_only=True, out_indices=(0, 1)).eval()
 
@@ -175,7 +175,7 @@ def test_onnx_check_compares_every_output(tmp_path, monkeypatch):
 
 
 def test_features_from_a_checkpoint_carry_its_weights(tmp_path):
-    from lightnets.export import export_safetensors
+    from lightnets.deploy.safetensors import export_safetensors
 
     pytest.importorskip("safetensors")
     model = lightnets.create_model("asymmnet_small_x0_35_cifar", num_classes=4)

@@ -12,8 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from lightnets.config import TrainConfig, add_config_arguments, config_from_values, load_config_file, validate_config
 from lightnets.files import atomic_path, atomic_write, remove_stale_temporaries
+from lightnets.train.config import (
+    TrainConfig,
+    add_config_arguments,
+    config_from_values,
+    load_config_file,
+    validate_config,
+)
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "lightnets"
 

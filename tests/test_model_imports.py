@@ -1,6 +1,6 @@
 """The model layer stands alone: nothing under src/lightnets/models/ imports lightnets outside lightnets.models.
 
-``create_model(checkpoint=)`` once imported ``lightnets.checkpoint`` and ``lightnets.export`` lazily from the
+``create_model(checkpoint=)`` once imported ``lightnets.checkpoint`` and ``lightnets.deploy.export`` lazily from the
 registry, which made an import circle (they import the models); loading now sits in ``models/_helpers.py``.
 """
 
@@ -41,9 +41,9 @@ def test_the_check_sees_lazy_and_relative_imports(tmp_path):
     source = tmp_path / "m.py"
     source.write_text(
         "from lightnets.models.layers import ConvBnAct\n"
-        "def f():\n    from lightnets.export import load_weights_into\n"
+        "def f():\n    from lightnets.deploy.export import load_weights_into\n"
         "from .. import checkpoint\n"
-        "import lightnets.training\n"
+        "import lightnets.train.loop\n"
     )
     modules = [module for _, module in lightnets_imports(source)]
-    assert modules == ["lightnets.models.layers", "lightnets.export", "lightnets", "lightnets.training"]
+    assert modules == ["lightnets.models.layers", "lightnets.deploy.export", "lightnets", "lightnets.train.loop"]

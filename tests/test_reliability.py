@@ -27,23 +27,19 @@ import pytest
 import torch
 import yaml
 
-import lightnets.rundir as rundir
-import lightnets.training as training
-from lightnets.checkpoint import (
-    CheckpointError,
-    build_model_from_checkpoint,
-    load_checkpoint,
-    remove_stale_temporaries,
-    save_checkpoint,
-)
+import lightnets.train.loop as training
+import lightnets.train.rundir as rundir
 from lightnets.cli import main
-from lightnets.config import TrainConfig, load_run_config
 from lightnets.data import ImageFolderSplit, TensorSplit, load_dataset, train_transform
 from lightnets.data.batches import loader_batches, tensor_batches
+from lightnets.files import remove_stale_temporaries
 from lightnets.models import create_model
-from lightnets.optim import warmup_cosine
-from lightnets.runtime import NonFiniteLossError, TrainingError, TrainingInterrupted
-from lightnets.training import train
+from lightnets.models.checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
+from lightnets.train.config import TrainConfig, load_run_config
+from lightnets.train.loop import train
+from lightnets.train.optim import warmup_cosine
+from lightnets.train.rundir import save_checkpoint
+from lightnets.train.signals import NonFiniteLossError, TrainingError, TrainingInterrupted
 
 from .conftest import shared_file, subset_config
 

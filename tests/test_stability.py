@@ -12,8 +12,8 @@ import math
 
 import pytest
 
-import lightnets.training as training
-from lightnets.training import train
+import lightnets.train.loop as training
+from lightnets.train.loop import train
 
 from .conftest import subset_config
 

@@ -9,13 +9,13 @@ import torch
 import yaml
 from PIL import Image
 
-import lightnets.training as training
-from lightnets.checkpoint import load_checkpoint
+import lightnets.train.loop as training
 from lightnets.cli import main
-from lightnets.config import TrainConfig
-from lightnets.optim import parameter_groups, warmup_cosine
-from lightnets.rundir import SUMMARY_COLUMNS
-from lightnets.training import train
+from lightnets.models.checkpoint import load_checkpoint
+from lightnets.train.config import TrainConfig
+from lightnets.train.loop import train
+from lightnets.train.optim import parameter_groups, warmup_cosine
+from lightnets.train.rundir import SUMMARY_COLUMNS
 
 from .conftest import shared_file, subset_config
 

@@ -1,6 +1,7 @@
-"""Evaluation: :func:`evaluate` over any batches (the training loop's and ``lightnets eval``'s), the ``eval``
-command, and the loading of a checkpoint for inference that ``eval`` and ``predict`` (:mod:`lightnets.prediction`)
-share; a checkpoint is all they need besides the data.
+"""Evaluation: :func:`evaluate` over any batches (the training loop's and ``lightnets eval``'s),
+:func:`evaluate_checkpoint` (``lightnets.evaluate``, the ``eval`` command), and the loading of a checkpoint for
+inference that ``eval`` and ``predict`` (:mod:`lightnets.prediction`) share; a checkpoint is all they need besides
+the data.
 
 A lightnets checkpoint names its model, classes and preprocessing. Any other weights file (the authors'
 training checkpoints) needs ``--model NAME``; its preprocessing then comes from the model's ``pretrained_cfg``
@@ -9,7 +10,6 @@ training checkpoints) needs ``--model NAME``; its preprocessing then comes from 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -22,18 +22,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightnets.checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
 from lightnets.data import IMAGENET_MEAN, IMAGENET_STD, TensorSplit, load_dataset
 from lightnets.data.batches import Preprocess, batches
+from lightnets.device import autocast_context, resolve_device
 from lightnets.distributed import DistContext, all_reduce_sum
-from lightnets.runtime import autocast_context, resolve_device
+from lightnets.models.checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
 
 __all__ = [
     "EvalResult",
     "InferenceModel",
+    "check_classes",
     "evaluate",
+    "evaluate_checkpoint",
+    "inference_device",
+    "inference_model_from_checkpoint",
     "load_inference_model",
-    "run_eval",
 ]
 
 
@@ -151,7 +154,7 @@ class InferenceModel:
         return Preprocess(self.mean, self.std, self.input_size, channels_last=False, bgr=self.bgr).to(device)
 
 
-def _from_state(state: dict[str, Any], model: nn.Module) -> InferenceModel:
+def inference_model_from_checkpoint(state: dict[str, Any], model: nn.Module) -> InferenceModel:
     return InferenceModel(
         model,
         state["model_name"],
@@ -181,7 +184,7 @@ def load_inference_model(
     picks a file's EMA weights. Preprocessing without a record in the file is lightnets' ImageNet default.
     An exported ``.onnx`` or OpenVINO ``.xml`` file runs in its own runtime with the preprocessing stored with it.
     """
-    from lightnets.runtimes import exported_model_fields, is_exported_file
+    from lightnets.deploy.sessions import exported_model_fields, is_exported_file
 
     if is_exported_file(checkpoint):
         if model_name or model_kwargs or ema:
@@ -191,7 +194,7 @@ def load_inference_model(
         if model_kwargs or ema:
             raise ValueError("--model-arg and --ema need --model NAME")
         state = load_checkpoint(checkpoint, map_location="cpu")
-        return _from_state(state, build_model_from_checkpoint(state, device))
+        return inference_model_from_checkpoint(state, build_model_from_checkpoint(state, device))
     from lightnets.models import create_model
 
     model = create_model(model_name, checkpoint=str(checkpoint), ema=ema, **(model_kwargs or {}))
@@ -212,26 +215,18 @@ def load_inference_model(
     )
 
 
-def _device_of(args: argparse.Namespace) -> torch.device:
-    from lightnets.runtimes import is_exported_file
+def inference_device(checkpoint: str | Path, device: str = "auto") -> torch.device:
+    """Where ``checkpoint`` runs: ``device``, except that an exported file runs in its runtime on the CPU unless
+    CUDA is asked for by name."""
+    from lightnets.deploy.sessions import is_exported_file
 
-    # An exported file runs in its runtime, on the CPU unless CUDA is asked for by name.
-    exported = is_exported_file(args.checkpoint) and args.device == "auto"
-    return resolve_device("cpu" if exported else args.device)
-
-
-def _load_from_args(args: argparse.Namespace, device: torch.device) -> InferenceModel:
-    # getattr: callers may build the Namespace themselves, without the flags for foreign weights.
-    return load_inference_model(
-        args.checkpoint,
-        device,
-        model_name=getattr(args, "model", None),
-        model_kwargs=getattr(args, "model_kwargs", None),
-        ema=bool(getattr(args, "ema", False)),
-    )
+    exported = is_exported_file(checkpoint) and device == "auto"
+    return resolve_device("cpu" if exported else device)
 
 
-def _check_classes(loaded: InferenceModel, data: str, classes: list[str]) -> None:
+def check_classes(loaded: InferenceModel, data: str, classes: list[str]) -> None:
+    """Refuse data whose classes are not the ones ``loaded`` was trained on (or, for weights that name no classes,
+    whose class count differs from the model's outputs)."""
     if loaded.classes is not None:
         if list(classes) != list(loaded.classes):
             raise CheckpointError(
@@ -249,38 +244,68 @@ def _check_classes(loaded: InferenceModel, data: str, classes: list[str]) -> Non
         )
 
 
-def run_eval(args: argparse.Namespace) -> dict[str, Any]:
-    device = _device_of(args)
-    loaded = _load_from_args(args, device)
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: str,
+    *,
+    split: str = "val",
+    batch_size: int = 256,
+    workers: int = 4,
+    device: str = "auto",
+    amp: bool | None = None,
+    data_root: str | Path | None = None,
+    model_name: str | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    ema: bool = False,
+    reference: str | Path | None = None,
+    out: str | Path | None = None,
+) -> dict[str, Any]:
+    """Top-1, top-5, loss, per-class accuracy and confusion of ``checkpoint`` on ``data``'s ``split`` (``"val"``:
+    the held-out or test split; ``"train"``), printed as ``lightnets eval`` prints them; returns the report that
+    ``out`` (a directory) receives as eval.json beside confusion.png.
+
+    ``checkpoint`` is a lightnets checkpoint or run directory, an exported ``.onnx`` / OpenVINO ``.xml`` file, or
+    (with ``model_name``, and ``model_kwargs`` / ``ema`` as needed) any other weights file such as the authors'.
+    ``amp`` defaults to bf16 autocast on CUDA only. ``reference``: a checkpoint to compare top-1 with on the same
+    images (an exported file names its source checkpoint itself).
+    """
+    if split not in ("val", "train"):
+        raise ValueError(f"--split must be val or train, got {split!r}")
+    if batch_size < 1:
+        raise ValueError(f"invalid --batch-size {batch_size}: expected an integer >= 1")
+    if workers < 0:
+        raise ValueError(f"invalid --workers {workers}: expected an integer >= 0")
+    run_on = inference_device(checkpoint, device)
+    loaded = load_inference_model(checkpoint, run_on, model_name=model_name, model_kwargs=model_kwargs, ema=ema)
     model = loaded.model
-    if getattr(args, "model", None) or hasattr(model, "runtime"):
+    if model_name or hasattr(model, "runtime"):
         print(f"loaded {loaded.loaded} from {loaded.path}", file=sys.stderr)
     bundle = load_dataset(
-        args.data,
-        data_root=args.data_root,
+        data,
+        data_root=data_root,
         input_size=loaded.input_size,
         val_split=loaded.val_split,
         seed=loaded.seed,
         allow_empty_classes=True,  # measuring, not training: a class without images is warned about
     )
-    _check_classes(loaded, args.data, bundle.classes)
-    split = bundle.train if args.split == "train" else bundle.val
-    if isinstance(split, TensorSplit):
-        split = TensorSplit(split.images.to(device), split.labels.to(device))
-    amp = bool(args.amp if args.amp is not None else device.type == "cuda")
+    check_classes(loaded, data, bundle.classes)
+    images = bundle.train if split == "train" else bundle.val
+    if isinstance(images, TensorSplit):
+        images = TensorSplit(images.images.to(run_on), images.labels.to(run_on))
+    use_amp = bool(amp if amp is not None else run_on.type == "cuda")
     result = evaluate(
         model,
-        batches(split, args.batch_size, device, train=False, workers=args.workers),
-        loaded.preprocess(device),
+        batches(images, batch_size, run_on, train=False, workers=workers),
+        loaded.preprocess(run_on),
         len(bundle.classes),
-        amp=amp and loaded.reference is None,
+        amp=use_amp and loaded.reference is None,
     )
-    split_name = "train" if args.split == "train" else bundle.val_name
+    split_name = "train" if split == "train" else bundle.val_name
     report = {
         "checkpoint": loaded.path,
         "model": loaded.name,
         "weights": loaded.loaded,
-        "data": args.data,
+        "data": data,
         "split": split_name,
         "images": int(result.confusion.sum()),
         "top1": result.top1,
@@ -290,28 +315,20 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         "per_class_accuracy": dict(zip(bundle.classes, result.per_class_accuracy)),
         "confusion": result.confusion.tolist(),
     }
-    print(f"{loaded.name} on {args.data} [{split_name}], {report['images']} images, {device}")
+    print(f"{loaded.name} on {data} [{split_name}], {report['images']} images, {run_on}")
     print(
         f"top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%  loss {result.loss:.4f}  "
         f"{result.images_per_second:.0f} images/s"
     )
-    reference = getattr(args, "reference", None) or loaded.reference
-    if reference and Path(reference).exists() and reference != loaded.path:
-        report["reference"] = _compare_with(reference, loaded, result, split, args, device, len(bundle.classes))
-    width = max(len(c) for c in bundle.classes)
-    print("per-class accuracy:")
-    for name, accuracy in report["per_class_accuracy"].items():
-        print(f"  {name.ljust(width)}  {accuracy:6.2f}%")
-    if len(bundle.classes) <= 20:
-        print("confusion (rows: true, columns: predicted):")
-        cell = max(5, len(str(int(result.confusion.max()))) + 1)
-        print("  " + " " * width + "".join(str(i).rjust(cell) for i in range(len(bundle.classes))))
-        for index, (name, row) in enumerate(zip(bundle.classes, result.confusion.tolist())):
-            print(f"  {name.ljust(width)}" + "".join(str(v).rjust(cell) for v in row) + f"   ({index})")
-    if args.out:
+    compare = str(reference) if reference else loaded.reference
+    if compare and Path(compare).exists() and compare != loaded.path:
+        source = load_inference_model(compare, run_on)
+        report["reference"] = _compare_with(source, compare, loaded, result, images, batch_size, workers, run_on)
+    _print_per_class(report, result.confusion, bundle.classes)
+    if out:
         from lightnets.plots import plot_confusion
 
-        out = Path(args.out)
+        out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
         plot_confusion(result.confusion, bundle.classes, out / "confusion.png")
@@ -319,13 +336,32 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def _print_per_class(report: dict[str, Any], confusion: torch.Tensor, classes: list[str]) -> None:
+    width = max(len(c) for c in classes)
+    print("per-class accuracy:")
+    for name, accuracy in report["per_class_accuracy"].items():
+        print(f"  {name.ljust(width)}  {accuracy:6.2f}%")
+    if len(classes) <= 20:
+        print("confusion (rows: true, columns: predicted):")
+        cell = max(5, len(str(int(confusion.max()))) + 1)
+        print("  " + " " * width + "".join(str(i).rjust(cell) for i in range(len(classes))))
+        for index, (name, row) in enumerate(zip(classes, confusion.tolist())):
+            print(f"  {name.ljust(width)}" + "".join(str(v).rjust(cell) for v in row) + f"   ({index})")
+
+
 def _compare_with(
-    reference: str, loaded: InferenceModel, result: EvalResult, split: Any, args: Any, device: torch.device, n: int
+    source: InferenceModel,
+    reference: str,
+    loaded: InferenceModel,
+    result: EvalResult,
+    images: Any,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
 ) -> dict[str, Any]:
     """Top-1 of the checkpoint an exported file came from, on the same images, in fp32; and the change."""
-    source = load_inference_model(reference, device)
-    batch_iter = batches(split, args.batch_size, device, train=False, workers=args.workers)
-    top1 = evaluate(source.model, batch_iter, source.preprocess(device), n, amp=False).top1
+    batch_iter = batches(images, batch_size, device, train=False, workers=workers)
+    top1 = evaluate(source.model, batch_iter, source.preprocess(device), result.confusion.shape[0], amp=False).top1
     change = result.top1 - top1
     print(f"top-1 {result.top1:.2f}% ({loaded.loaded}) vs {top1:.2f}% (fp32 {reference}): {change:+.2f} pt")
     return {"checkpoint": reference, "top1": top1, "top1_change": change}

@@ -9,24 +9,28 @@ that cannot be read is an error.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import warnings
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lightnets.checkpoint import build_model_from_checkpoint
 from lightnets.data import IMAGE_EXTENSIONS, UnreadableImageError, eval_transform
 from lightnets.data.checks import report_scans
 from lightnets.data.folder import read_image_rgb
 from lightnets.data.scan import scan_folder
-from lightnets.evaluation import InferenceModel, _device_of, _from_state, _load_from_args
+from lightnets.evaluation import (
+    InferenceModel,
+    inference_device,
+    inference_model_from_checkpoint,
+    load_inference_model,
+)
+from lightnets.models.checkpoint import build_model_from_checkpoint
 
-__all__ = ["predict_images", "run_predict"]
+__all__ = ["predict", "predict_images"]
 
 
 def _image_inputs(inputs: list[str]) -> tuple[list[Path], set[Path]]:
@@ -58,13 +62,15 @@ def predict_images(
 ) -> list[dict[str, Any]]:
     """Top-k (class, probability) for each image file, preprocessed as the checkpoint's eval split was.
 
-    ``state`` is a lightnets checkpoint (:func:`lightnets.checkpoint.load_checkpoint`) or a loaded
+    ``state`` is a lightnets checkpoint (:func:`lightnets.models.checkpoint.load_checkpoint`) or a loaded
     :class:`InferenceModel`; where the weights name no classes, ``class`` is the output index. An unreadable file
     is an error, unless it is in ``skip_unreadable`` (files found in a folder): then it is warned about and left out.
     """
     device = torch.device(device)
     loaded = (
-        state if isinstance(state, InferenceModel) else _from_state(state, build_model_from_checkpoint(state, device))
+        state
+        if isinstance(state, InferenceModel)
+        else inference_model_from_checkpoint(state, build_model_from_checkpoint(state, device))
     )
     transform = eval_transform(loaded.input_size, loaded.eval_resize)
     paths = [Path(path) for path in paths]
@@ -93,16 +99,35 @@ def predict_images(
     return results
 
 
-def run_predict(args: argparse.Namespace) -> list[dict[str, Any]]:
-    device = _device_of(args)
-    loaded = _load_from_args(args, device)
+def predict(
+    checkpoint: str | Path,
+    images: Sequence[str | Path],
+    *,
+    topk: int = 5,
+    device: str = "auto",
+    model_name: str | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    ema: bool = False,
+    as_json: bool = False,
+) -> list[dict[str, Any]]:
+    """The top-``topk`` classes of each image with ``checkpoint``, printed as ``lightnets predict`` prints them (as
+    JSON with ``as_json``); returns ``[{"image": path, "top": [{"class": name, "probability": p}, ...]}, ...]``.
+
+    ``images`` are files or folders (a folder is read recursively, sorted, and an unreadable image in it is skipped
+    with a warning). ``checkpoint`` is read as by :func:`lightnets.evaluate`: a lightnets checkpoint or run
+    directory, an exported file, or other weights with ``model_name``; weights that name no classes give indices.
+    """
+    if topk < 1:
+        raise ValueError(f"invalid --topk {topk}: expected an integer >= 1")
+    run_on = inference_device(checkpoint, device)
+    loaded = load_inference_model(checkpoint, run_on, model_name=model_name, model_kwargs=model_kwargs, ema=ema)
     if loaded.classes is None:
         print(
             f"loaded {loaded.loaded} from {loaded.path}; it names no classes: printing class indices", file=sys.stderr
         )
-    paths, found = _image_inputs(args.images)
-    predictions = predict_images(loaded, paths, args.topk, device, skip_unreadable=found)
-    if args.json:
+    paths, found = _image_inputs([str(item) for item in images])
+    predictions = predict_images(loaded, paths, topk, run_on, skip_unreadable=found)
+    if as_json:
         print(json.dumps(predictions, indent=2))
     else:
         for item in predictions:

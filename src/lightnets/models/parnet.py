@@ -54,10 +54,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightnets.models._helpers import remap_state_dict
 from lightnets.models.features import feature
 from lightnets.models.layers import ChannelShuffle, ClassifierModel, ConvBnAct, global_pool, init_weights, pad_kernel_to
 from lightnets.models.registry import register_model
+from lightnets.models.weights import remap_state_dict
 
 __all__ = ["ParNet", "ParNetBlock", "ParNetConfig", "ParNetDownsample", "ParNetFusion"]
 

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 from torch import nn
 
-from lightnets.models._helpers import load_weights, read_weights
 from lightnets.models.features import FeatureListNet
+from lightnets.models.weights import load_weights, read_weights
 
 _MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 BASELINE_PREFIXES = ("tv:", "timm:")
@@ -66,7 +66,7 @@ def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Modu
     Extra keyword arguments go to the builder (e.g. ``drop_rate``, ``widths``).
 
     ``checkpoint=PATH`` loads weights from a ``.safetensors`` export (with its JSON sidecar), a lightnets ``.pt``
-    checkpoint, or a checkpoint of the authors' own training code (see ``lightnets.models._helpers``), whose keys
+    checkpoint, or a checkpoint of the authors' own training code (see ``lightnets.models.weights``), whose keys
     the family's ``checkpoint_filter_fn`` converts; ``ema=True`` picks the EMA weights of a file that has both.
     The model's ``pretrained_cfg`` then says which weights were loaded and how inputs must be preprocessed
     for them (the authors' mean, std and channel order for their files).

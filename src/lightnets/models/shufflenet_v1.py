@@ -49,7 +49,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightnets.models._helpers import remap_state_dict
 from lightnets.models.features import feature
 from lightnets.models.layers import (
     ChannelShuffle,
@@ -60,6 +59,7 @@ from lightnets.models.layers import (
     zero_init_last_bn,
 )
 from lightnets.models.registry import register_model
+from lightnets.models.weights import remap_state_dict
 
 __all__ = ["ShuffleNetV1", "ShuffleUnit", "shufflenet_v1_widths"]
 

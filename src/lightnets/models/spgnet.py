@@ -31,7 +31,6 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from lightnets.models._helpers import remap_state_dict
 from lightnets.models.features import feature
 from lightnets.models.layers import (
     ClassifierModel,
@@ -42,6 +41,7 @@ from lightnets.models.layers import (
     zero_init_last_bn,
 )
 from lightnets.models.registry import register_model
+from lightnets.models.weights import remap_state_dict
 
 __all__ = ["SPGBlock", "SPGNet", "SPGNetConfig"]
 

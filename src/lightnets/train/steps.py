@@ -1,6 +1,6 @@
 """The small pieces the training loop calls: its fixed context, the epoch's sums, NaN checks, signal stops, progress.
 
-Each is a named step of :mod:`lightnets.training`'s loop, kept here so the loop itself reads top to bottom.
+Each is a named step of :mod:`lightnets.train.loop`'s loop, kept here so the loop itself reads top to bottom.
 Functions that all-reduce or gather are collectives: under torchrun every rank calls them at the same point.
 """
 
@@ -18,13 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightnets.config import TrainConfig, augment_spec
 from lightnets.data import IMAGENET_MEAN, IMAGENET_STD, BadImageLog, DataBundle, ImageFolderSplit
 from lightnets.data.batches import Preprocess, batches
 from lightnets.distributed import ControlChannel, DistContext, all_reduce_sum
-from lightnets.rundir import loss_and_norm
-from lightnets.runtime import NonFiniteLossError, StopSignals, TrainingInterrupted
-from lightnets.train_state import TrainState, rng_state, training_checkpoint
+from lightnets.train.config import TrainConfig, augment_spec
+from lightnets.train.rundir import loss_and_norm
+from lightnets.train.signals import NonFiniteLossError, StopSignals, TrainingInterrupted
+from lightnets.train.state import TrainState, rng_state, training_checkpoint
 
 __all__ = [
     "EpochSums",

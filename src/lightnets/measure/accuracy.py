@@ -82,13 +82,13 @@ def bench_targets(settings: Any, log: Callable[[str], None]) -> Iterator[tuple[s
 def calibration_for(settings: Any, accuracy: Accuracy | None, size: int) -> list[np.ndarray]:
     """INT8 calibration batches: the data's training images, preprocessed as the checkpoint's (or, without a
     checkpoint, lightnets' ImageNet preprocessing at ``size``); without data, random stand-ins (timing only)."""
-    from lightnets.quantize import calibration_arrays, random_calibration
+    from lightnets.deploy.quantize import calibration_arrays, random_calibration
 
     if settings.data:
         if accuracy is not None:
             preprocessing = accuracy.preprocessing
         else:
-            from lightnets.export import preprocessing_of
+            from lightnets.deploy.export import preprocessing_of
 
             preprocessing = preprocessing_of(nn.Identity(), size)
         count = settings.calibration_images

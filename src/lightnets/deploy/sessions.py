@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from lightnets.deploy.onnx import INPUT_NAME, OUTPUT_NAME
 from lightnets.files import atomic_path, atomic_write
-from lightnets.models._safetensors import first_line, require_module, sidecar_path
-from lightnets.onnx_export import INPUT_NAME, OUTPUT_NAME
+from lightnets.models.errors import first_line, require_module
+from lightnets.models.safetensors_io import sidecar_path
 
 __all__ = [
     "EXPORTED_SUFFIXES",

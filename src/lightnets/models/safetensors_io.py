@@ -1,37 +1,26 @@
 """Reading lightnets' safetensors exports: the weights, their metadata and the JSON sidecar that names the model.
 
-Writing them is ``lightnets.export.export_safetensors``; reading sits in the model layer so that
+Writing them is ``lightnets.deploy.export_safetensors``; reading sits in the model layer so that
 ``create_model(name, checkpoint=PATH)`` needs nothing else. safetensors is optional and imported on use.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lightnets.models.errors import first_line, require_module
+
 __all__ = [
     "check_names",
-    "first_line",
     "is_safetensors",
     "read_safetensors",
     "read_sidecar",
-    "require_module",
     "sidecar_path",
 ]
-
-
-def require_module(module: str) -> Any:
-    """Import an optional export dependency, or say how to install it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ImportError(
-            f"{module.split('.')[0]} is needed for export but is not installed; run `pip install 'lightnets[export]'`"
-        ) from None
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -52,11 +41,6 @@ def is_safetensors(path: Path) -> bool:
         return handle.read(9)[8:] == b"{"
 
 
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def read_sidecar(path: Path) -> dict[str, Any]:
     side = sidecar_path(path)
     if not path.is_file():
@@ -64,14 +48,14 @@ def read_sidecar(path: Path) -> dict[str, Any]:
     if not side.is_file():
         raise ValueError(
             f"{path} has no sidecar {side.name}; it holds the model name and kwargs, so export with "
-            "lightnets.export.export_safetensors or load the weights into a built model with load_weights_into"
+            "lightnets.deploy.export_safetensors or load the weights into a built model with load_weights_into"
         )
     try:
         sidecar = json.loads(side.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"sidecar {side} is not readable JSON: {first_line(error)}") from None
     if not isinstance(sidecar, dict) or not isinstance(sidecar.get("model_name"), str):
-        raise ValueError(f"sidecar {side} lacks a model_name; re-export with lightnets.export.export_safetensors")
+        raise ValueError(f"sidecar {side} lacks a model_name; re-export with lightnets.deploy.export_safetensors")
     if not isinstance(sidecar.get("model_kwargs", {}), dict):
         raise ValueError(f"sidecar {side} has model_kwargs that are not a JSON object")
     return sidecar

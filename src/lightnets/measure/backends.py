@@ -4,7 +4,7 @@ ONNX Runtime (CPU, or its CUDA provider) and OpenVINO (CPU), all three of the la
 A backend x precision that cannot run on this machine raises :class:`Skipped` with the reason; one that runs
 names the precision that actually ran (OpenVINO's from its execution graph), since OpenVINO would otherwise pick
 bf16 by itself where the CPU has it. INT8 files are calibrated on the user's images when ``bench`` is given data
-(:mod:`lightnets.quantize`), otherwise on random stand-ins, which time the same but say nothing of accuracy.
+(:mod:`lightnets.deploy.quantize`), otherwise on random stand-ins, which time the same but say nothing of accuracy.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from lightnets.models._safetensors import require_module
-from lightnets.onnx_export import INPUT_NAME, OUTPUT_NAME
-from lightnets.runtime import cpu_features, cpu_has_native_bf16
+from lightnets.deploy.onnx import INPUT_NAME, OUTPUT_NAME
+from lightnets.device import cpu_features, cpu_has_native_bf16
+from lightnets.models.errors import require_module
 
 __all__ = ["PRECISIONS", "TORCH_DTYPES", "Exports", "Runner", "Skipped", "make_precision_runner"]
 
@@ -71,7 +71,7 @@ class Exports:
         return self._once("calibration", self._calibration)
 
     def _export(self, precision: str) -> Path:
-        from lightnets.onnx_export import export_onnx
+        from lightnets.deploy.onnx import export_onnx
 
         path = self.dir / f"{precision}.onnx"
         if precision == "fp16":
@@ -92,14 +92,14 @@ class Exports:
         return self._once(f"onnx-{precision}", lambda: self._export(precision))
 
     def onnx_int8(self) -> tuple[Path, dict[str, int]]:
-        from lightnets.quantize import quantize_onnx
+        from lightnets.deploy.quantize import quantize_onnx
 
         path = self.dir / "int8.onnx"
         fp32 = self.onnx()
         return self._once("onnx-int8", lambda: (path, quantize_onnx(fp32, path, self.calibration())))
 
     def openvino_int8(self) -> Any:
-        from lightnets.quantize import quantize_openvino
+        from lightnets.deploy.quantize import quantize_openvino
 
         fp32 = self.onnx()
         return self._once("openvino-int8", lambda: quantize_openvino(fp32, self.calibration()))
@@ -145,7 +145,7 @@ def _torch_runner(backend: str, model: nn.Module, precision: str, size: int, dev
 
 
 def _onnxruntime_runner(exports: Exports, precision: str, threads: int, device: torch.device) -> Runner:
-    from lightnets.runtimes import onnxruntime_session
+    from lightnets.deploy.sessions import onnxruntime_session
 
     cuda = device.type == "cuda"
     if cuda:
@@ -192,7 +192,7 @@ def _onnxruntime_runner(exports: Exports, precision: str, threads: int, device: 
 
 
 def _openvino_runner(exports: Exports, precision: str, threads: int, device: torch.device) -> Runner:
-    from lightnets.runtimes import openvino_compile, openvino_ran
+    from lightnets.deploy.sessions import openvino_compile, openvino_ran
 
     if device.type != "cpu":
         raise Skipped("OpenVINO runs on the CPU here (its GPU plugin is for Intel GPUs, not CUDA devices)")

@@ -13,16 +13,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lightnets.cli_args import add_foreign_weights_flags, model_kwargs_from, require
-from lightnets.cli_measure import add_bench_parser, add_export_parser, add_report_parser, add_summary_parser
-from lightnets.config import flag
-from lightnets.console import command_output, os_error_text
+from lightnets.cli.args import add_foreign_weights_flags, model_kwargs_from, require
+from lightnets.cli.console import command_output, os_error_text
+from lightnets.cli.measure import add_bench_parser, add_export_parser, add_report_parser, add_summary_parser
+from lightnets.train.config import flag
 
 __all__ = ["main"]
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from lightnets.complexity import print_model_table
+    from lightnets.measure.complexity import print_model_table
     from lightnets.models.registry import expand_model_names
 
     print_model_table(expand_model_names(args.pattern), args.input_size, args.num_classes, args.markdown)
@@ -47,8 +47,8 @@ def _torchrun_rank() -> str | None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from lightnets.config import TrainConfig, config_from_values, load_config_file, load_run_config
-    from lightnets.training import train
+    from lightnets.train.config import TrainConfig, config_from_values, load_config_file, load_run_config
+    from lightnets.train.loop import train
 
     settings = {name: getattr(args, name) for name in TrainConfig.__dataclass_fields__ if name != "model_kwargs"}
     if args.nproc is not None:
@@ -78,26 +78,46 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from lightnets.evaluation import run_eval
+    from lightnets.evaluation import evaluate_checkpoint
 
     require(args.batch_size, "--batch-size", 1)
     require(args.workers, "--workers", 0)
-    args.model_kwargs = model_kwargs_from(args.model_arg)
-    run_eval(args)
+    evaluate_checkpoint(
+        args.checkpoint,
+        args.data,
+        split=args.split,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        amp=args.amp,
+        data_root=args.data_root,
+        model_name=args.model,
+        model_kwargs=model_kwargs_from(args.model_arg),
+        ema=args.ema,
+        out=args.out,
+    )
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from lightnets.prediction import run_predict
+    from lightnets.prediction import predict
 
     require(args.topk, "--topk", 1)
-    args.model_kwargs = model_kwargs_from(args.model_arg)
-    run_predict(args)
+    predict(
+        args.checkpoint,
+        args.images,
+        topk=args.topk,
+        device=args.device,
+        model_name=args.model,
+        model_kwargs=model_kwargs_from(args.model_arg),
+        ema=args.ema,
+        as_json=args.json,
+    )
     return 0
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
-    from lightnets.config import add_config_arguments
+    from lightnets.train.config import add_config_arguments
 
     train = sub.add_parser(
         "train",

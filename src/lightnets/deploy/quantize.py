@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from lightnets.deploy.onnx import INPUT_NAME
 from lightnets.files import atomic_path
-from lightnets.models._safetensors import first_line, require_module
-from lightnets.onnx_export import INPUT_NAME
+from lightnets.models.errors import first_line, require_module
 
 __all__ = [
     "CALIBRATION_IMAGES",
@@ -54,7 +54,7 @@ def calibration_arrays(
     """``count`` training images of ``spec`` as float32 NCHW batches, preprocessed as the model evaluates.
 
     ``preprocessing`` has ``input_size``, ``eval_resize``, ``mean``, ``std`` and ``channel_order`` (a checkpoint's,
-    see :func:`lightnets.export.preprocessing_of`). The images are a seeded random sample of the training split,
+    see :func:`lightnets.deploy.export.preprocessing_of`). The images are a seeded random sample of the training split,
     so that a folder dataset, stored class by class, gives every class.
     """
     from lightnets.data import TensorSplit, eval_transform, load_dataset

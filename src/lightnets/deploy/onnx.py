@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from lightnets.files import atomic_path
-from lightnets.models._helpers import model_label
-from lightnets.models._safetensors import first_line, require_module
+from lightnets.models.errors import first_line, require_module
+from lightnets.models.weights import model_label
 
 __all__ = ["FEATURES_NAME", "INPUT_NAME", "OUTPUT_NAME", "export_onnx", "fold_reshape_shapes", "output_names"]
 

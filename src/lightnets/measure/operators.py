@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightnets.benchmarking import _synchronised, _time
+from lightnets.measure.latency import _synchronised, _time
 
 __all__ = ["operator_study"]
 

@@ -1,4 +1,6 @@
-"""Checkpoints: written atomically, read with ``weights_only=True``, rebuilt into models with no other input.
+"""lightnets checkpoints: read with ``weights_only=True``, checked, and rebuilt into models with no other input.
+
+Writing them (atomically) is the training run's: :func:`lightnets.train.rundir.save_checkpoint`.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so ``torch.load(...,
 weights_only=True)`` can read it and nothing in it can run code. It carries the model name, its kwargs,
@@ -13,35 +15,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightnets.files import atomic_path, remove_stale_temporaries
-from lightnets.models._helpers import LIGHTNETS_CHECKPOINT_KEYS as REQUIRED_KEYS
-from lightnets.models._helpers import (
-    CheckpointError,
-    resolve_checkpoint_path,
-    torch_load_safely,
-    weights_fit_report,
-)
-from lightnets.models._loading import informative_line as _informative_line
+from lightnets.models.errors import CheckpointError, informative_line
+from lightnets.models.loading import resolve_checkpoint_path, torch_load_safely
+from lightnets.models.weights import LIGHTNETS_CHECKPOINT_KEYS as REQUIRED_KEYS
+from lightnets.models.weights import weights_fit_report
 
 __all__ = [
     "CheckpointError",
     "build_model_from_checkpoint",
     "check_checkpoint",
     "load_checkpoint",
-    "remove_stale_temporaries",
-    "save_checkpoint",
     "weights_fit_report",
 ]
-
-
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write ``state`` to ``path`` so that ``path`` is always either the old file or the complete new one.
-
-    Through :func:`lightnets.files.atomic_path`: any failure (a full disk, an interrupt) leaves ``path`` as it
-    was; a SIGKILL can leave the temporary behind, which :func:`remove_stale_temporaries` clears.
-    """
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        torch.save(state, handle)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -49,7 +34,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
     ``torch.load(weights_only=True)`` builds only tensors and plain containers: a pickle that names any other
     callable (``os.system`` in a ``__reduce__``, say) is refused before anything it names is called. The reading
-    is ``lightnets.models._helpers.torch_load_safely``, shared with ``create_model(checkpoint=)``.
+    is ``lightnets.models.weights.torch_load_safely``, shared with ``create_model(checkpoint=)``.
     """
     path = resolve_checkpoint_path(path)
     state = torch_load_safely(path, map_location)
@@ -103,7 +88,7 @@ def build_model_from_checkpoint(state: dict[str, Any], device: str | torch.devic
     try:
         model = create_model(state["model_name"], **state["model_kwargs"])
     except (ValueError, TypeError) as error:
-        raise CheckpointError(f"{path} names a model that cannot be built here: {_informative_line(error)}") from None
+        raise CheckpointError(f"{path} names a model that cannot be built here: {informative_line(error)}") from None
     if not isinstance(state["model"], dict):
         raise CheckpointError(f"{path} holds no weights dict under 'model'")
     problem = weights_fit_report(model, state["model"])

@@ -3,7 +3,7 @@
 :class:`TrainState` holds the model (unwrapped: checkpoints, EMA and evaluation use it, so they load in one
 process), its optimizer, gradient scaler and EMA, and the position and record of the run. :func:`build_state`
 makes a fresh one, :func:`training_checkpoint` turns it into last.pt's dict, :func:`restore_state` reads one back.
-The learning rate is not state: it is a function of the global step (:func:`lightnets.optim.warmup_cosine`).
+The learning rate is not state: it is a function of the global step (:func:`lightnets.train.optim.warmup_cosine`).
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightnets.checkpoint import CheckpointError, check_checkpoint, load_checkpoint, weights_fit_report
-from lightnets.config import TrainConfig
 from lightnets.data import derive_seed
 from lightnets.distributed import DistContext
 from lightnets.models import create_model
-from lightnets.optim import ModelEma, parameter_groups
-from lightnets.rundir import clean_temporaries
+from lightnets.models.checkpoint import CheckpointError, check_checkpoint, load_checkpoint, weights_fit_report
+from lightnets.train.config import TrainConfig
+from lightnets.train.optim import ModelEma, parameter_groups
+from lightnets.train.rundir import clean_temporaries
 
 __all__ = [
     "TrainResult",
@@ -90,7 +90,7 @@ def check_input_size(model: nn.Module, name: str, size: int, rebuild: Any = None
 
 @dataclass
 class TrainResult:
-    """What :func:`lightnets.training.train` returns: where the run is, its record and its (EMA) model."""
+    """What :func:`lightnets.train.loop.train` returns: where the run is, its record and its (EMA) model."""
 
     run_dir: Path
     history: list[dict[str, Any]]

@@ -1,5 +1,5 @@
 """Latency and throughput on the user's own device: eager, compiled, ONNX Runtime and OpenVINO, each in the
-precisions it can run (:mod:`lightnets.bench_backends`), plus the operator study.
+precisions it can run (:mod:`lightnets.measure.backends`), plus the operator study.
 
 Every timing uses ``torch.utils.benchmark.Timer`` with an explicit thread count, after warm-up calls, and
 with a CUDA synchronisation inside the timed statement on GPUs; ONNX Runtime and OpenVINO get the same thread
@@ -27,15 +27,17 @@ import torch
 from torch import nn
 from torch.utils import benchmark as torch_benchmark
 
-from lightnets.bench_accuracy import bench_targets, calibration_for
-from lightnets.bench_backends import PRECISIONS, Exports, Runner, Skipped, make_precision_runner
-from lightnets.complexity import count_macs, count_params
+from lightnets.device import describe_cpu_features, device_name
 from lightnets.files import atomic_path, atomic_write
-from lightnets.runtime import describe_cpu_features, device_name
+from lightnets.measure.accuracy import bench_targets, calibration_for
+from lightnets.measure.backends import PRECISIONS, Exports, Runner, Skipped, make_precision_runner
+from lightnets.measure.complexity import count_macs, count_params
 from lightnets.tables import format_table
 
 __all__ = [
+    "BenchResult",
     "BenchSettings",
+    "bench",
     "bench_models",
     "device_name",
     "interleaved_latencies",
@@ -286,6 +288,32 @@ def bench_models(
         finally:
             exports.cleanup()
     return rows
+
+
+@dataclass
+class BenchResult:
+    """What :func:`bench` measured: one row per model, backend, precision and batch size, and what was skipped."""
+
+    rows: list[dict[str, Any]]
+    skipped: list[dict[str, str]]  # model, backend, precision and the reason it cannot run here
+
+    def best(self) -> list[dict[str, Any]]:
+        """The fastest (backend, precision) per model and batch size, against eager fp32."""
+        from lightnets.measure.best import best_paths
+
+        return best_paths(self.rows)
+
+
+def bench(settings: BenchSettings | None = None, *, log: Callable[[str], None] = print) -> BenchResult:
+    """Latency, throughput and (with ``settings.checkpoint`` and ``settings.data``) top-1 of every model in
+    ``settings`` on each backend and precision; what cannot run here is skipped with its reason, not an error.
+
+    ``lightnets.measure(BenchSettings(models=["spgnet_s2p6_cifar"], batch_sizes=[1], backends=["eager"]))`` is
+    ``lightnets bench --models spgnet_s2p6_cifar --batch-sizes 1 --backends eager``; ``log`` gets each line.
+    """
+    skipped: list[dict[str, str]] = []
+    rows = bench_models(settings or BenchSettings(), log=log, skipped=skipped)
+    return BenchResult(rows, skipped)
 
 
 def make_runner(backend: str, model: nn.Module, size: int, settings: BenchSettings, device: torch.device):

@@ -20,20 +20,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["CheckpointError", "informative_line", "resolve_checkpoint_path", "torch_load_safely"]
+from lightnets.models.errors import CheckpointError, informative_line
 
-
-class CheckpointError(ValueError):
-    """A weights file that cannot be used, with a one-line reason naming the file."""
-
-
-def informative_line(error: BaseException) -> str:
-    """The line of a (often multi-paragraph) loading error that says what was wrong."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    line = next((x for x in lines if "GLOBAL" in x or "Unsupported" in x), lines[0] if lines else "")
-    # PyTorch's messages run on with advice for its own developers; the first sentence is the diagnosis.
-    first_sentence = line.split(". ")[0].rstrip(".")
-    return first_sentence or type(error).__name__
+__all__ = ["resolve_checkpoint_path", "torch_load_safely"]
 
 
 def _namespace_allowed() -> contextlib.AbstractContextManager:

@@ -6,21 +6,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lightnets.cli_args import add_foreign_weights_flags, int_list, model_kwargs_from, require
+from lightnets.cli.args import add_foreign_weights_flags, int_list, model_kwargs_from, require
 
 __all__ = ["add_bench_parser", "add_export_parser", "add_report_parser", "add_summary_parser"]
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from lightnets.bench_summary import print_summary
-    from lightnets.benchmarking import BenchSettings, bench_models, print_bench_rows, write_rows
+    from lightnets.measure.best import print_best_paths
+    from lightnets.measure.latency import BenchSettings, bench_models, print_bench_rows, write_rows
     from lightnets.models.registry import expand_model_names
 
     args.models_given = args.models is not None
     args.models = args.models or "spgnet_s2p6"
     if args.ops:
-        from lightnets.operator_study import operator_study
-        from lightnets.report import plot_operator_study
+        from lightnets.measure.operators import operator_study
+        from lightnets.measure.report import plot_operator_study
 
         rows = operator_study(device=args.device, threads=args.threads, batch_size=args.batch_sizes[0])
         if args.out:
@@ -54,7 +54,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     rows = bench_models(settings, skipped=skipped)
     if not args.best:
         print_bench_rows(rows, markdown=args.markdown)
-    print_summary(rows, skipped, markdown=args.markdown)
+    print_best_paths(rows, skipped, markdown=args.markdown)
     if args.out:
         json_path, csv_path = write_rows(rows, args.out)
         print(f"wrote {json_path} and {csv_path}")
@@ -92,7 +92,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from lightnets.report import write_report
+    from lightnets.measure.report import write_report
 
     for path in args.bench:
         if not path.is_file():
@@ -112,7 +112,7 @@ def add_report_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from lightnets.export import export_model
+    from lightnets.deploy.export import export_model
 
     export_model(
         args.out,
@@ -167,13 +167,13 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from lightnets.model_summary import print_summary
+    from lightnets.measure.summary import print_model_summary
 
     require(args.depth, "--depth", 1)
     if args.input_size is not None:
         require(args.input_size, "--input-size", 1)
     kwargs = model_kwargs_from(args.model_arg)
-    print_summary(args.name, args.input_size, args.deploy, args.depth, args.num_classes, kwargs, args.markdown)
+    print_model_summary(args.name, args.input_size, args.deploy, args.depth, args.num_classes, kwargs, args.markdown)
     return 0
 
 

@@ -21,11 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightnets import rundir
-from lightnets.checkpoint import check_checkpoint, save_checkpoint
-from lightnets.config import TrainConfig, augment_spec, resolved_settings, validate_config
 from lightnets.data import BadImageLog, TensorSplit, batch_augmentation, load_dataset, parse_data_spec
 from lightnets.data.batches import Preprocess, steps_per_epoch
+from lightnets.device import autocast_context, default_amp, resolve_device
 from lightnets.distributed import (
     ControlChannel,
     DistContext,
@@ -36,17 +34,23 @@ from lightnets.distributed import (
 )
 from lightnets.evaluation import EvalResult, evaluate
 from lightnets.models import create_model
-from lightnets.optim import set_lr, warmup_cosine
-from lightnets.runtime import (
-    Determinism,
-    StopSignals,
-    TrainingError,
-    TrainingInterrupted,
-    autocast_context,
-    default_amp,
-    resolve_device,
+from lightnets.models.checkpoint import check_checkpoint
+from lightnets.train import rundir
+from lightnets.train.config import TrainConfig, augment_spec, resolved_settings, validate_config
+from lightnets.train.optim import set_lr, warmup_cosine
+from lightnets.train.rundir import save_checkpoint
+from lightnets.train.signals import Determinism, StopSignals, TrainingError, TrainingInterrupted
+from lightnets.train.state import (
+    TrainResult,
+    TrainState,
+    build_state,
+    check_input_size,
+    checkpoint_meta,
+    meta_model,
+    open_resume,
+    restore_state,
 )
-from lightnets.train_helpers import (
+from lightnets.train.steps import (
     EpochSums,
     Run,
     begin_sums,
@@ -64,16 +68,6 @@ from lightnets.train_helpers import (
     show_progress,
     skipped_image_paths,
     stop_if_signalled,
-)
-from lightnets.train_state import (
-    TrainResult,
-    TrainState,
-    build_state,
-    check_input_size,
-    checkpoint_meta,
-    meta_model,
-    open_resume,
-    restore_state,
 )
 
 __all__ = ["TrainResult", "train", "train_one_epoch", "train_step"]

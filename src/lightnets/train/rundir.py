@@ -2,7 +2,7 @@
 
 args.yaml (the resolved settings), summary.csv (a row per epoch), steps.csv (a row per step), results.json (the
 outcome), curves.png / predictions.png / confusion.png, TensorBoard events when tensorboard is installed.
-Checkpoints (last.pt, best.pt) are written by :mod:`lightnets.checkpoint` into the same directory.
+Checkpoints (last.pt, best.pt) are written here too (:func:`save_checkpoint`).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ __all__ = [
     "default_run_dir",
     "progress_bar",
     "resolve_run_dir",
+    "save_checkpoint",
     "write_args",
     "write_json",
     "write_plots",
@@ -253,3 +254,13 @@ class TensorBoard:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Write ``state`` to ``path`` so that ``path`` is always either the old file or the complete new one.
+
+    Through :func:`lightnets.files.atomic_path`: any failure (a full disk, an interrupt) leaves ``path`` as it
+    was; a SIGKILL can leave the temporary behind, which :func:`lightnets.files.remove_stale_temporaries` clears.
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(state, handle)

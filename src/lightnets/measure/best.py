@@ -10,7 +10,7 @@ from typing import Any
 
 from lightnets.tables import format_table
 
-__all__ = ["best_paths", "int8_slower", "print_summary"]
+__all__ = ["best_paths", "int8_slower", "print_best_paths"]
 
 
 def _key(row: dict[str, Any]) -> tuple[str, int, int]:
@@ -64,7 +64,7 @@ def int8_slower(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return slower
 
 
-def print_summary(
+def print_best_paths(
     rows: Sequence[dict[str, Any]], skipped: Sequence[dict[str, str]] = (), markdown: bool = False
 ) -> list[dict[str, Any]]:
     """Print the fastest path per model and batch, INT8 slow-downs and skipped combinations; return the paths."""

@@ -2,7 +2,7 @@
 
 This sits in the model layer, as timm's ``_helpers.py`` does, so that ``create_model(name, checkpoint=PATH)``
 needs nothing from the rest of lightnets: it imports only torch (safetensors lazily, in ``_safetensors.py``).
-Saving lives above, in ``lightnets.checkpoint`` and ``lightnets.export``, which use the readers here.
+Saving lives above, in ``lightnets.train.rundir`` and ``lightnets.deploy``, which use the readers here.
 
 Files are read with ``torch.load(weights_only=True)`` (``_loading.py``): only tensors and plain containers are
 built, so a pickle that names any callable is refused before it runs.
@@ -32,8 +32,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightnets.models._loading import CheckpointError, resolve_checkpoint_path, torch_load_safely
-from lightnets.models._safetensors import check_names, is_safetensors, read_safetensors, read_sidecar, sidecar_path
+from lightnets.models.errors import CheckpointError
+from lightnets.models.loading import resolve_checkpoint_path, torch_load_safely
+from lightnets.models.safetensors_io import check_names, is_safetensors, read_safetensors, read_sidecar, sidecar_path
 
 __all__ = ["CheckpointError", "WeightsFile", "load_weights", "read_weights", "remap_state_dict", "torch_load_safely"]
 
@@ -323,7 +324,7 @@ def load_weights(model: nn.Module, weights: WeightsFile) -> nn.Module:
     except ValueError as error:
         raise error_type(str(error)) from None
     if weights.deploy and weights_fit_report(model, state_dict):
-        from lightnets.models.deploy import reparameterize_model
+        from lightnets.models.reparameterize import reparameterize_model
 
         # The file is the deploy form and the model is not (yet): fold it first, then the keys agree.
         model = reparameterize_model(model)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from lightnets.models.deploy import reparameterize_model
+from lightnets.models.reparameterize import reparameterize_model
 
 __all__ = ["Complexity", "complexity", "count_macs", "count_macs_by_module", "count_params", "print_model_table"]
 
