@@ -16,7 +16,7 @@ from lightnets.evaluation import load_inference_model
 from lightnets.models.checkpoint import load_checkpoint
 from lightnets.train.config import TrainConfig
 from lightnets.train.loop import train
-from lightnets.train.steps import normalized_bundle
+from lightnets.train.run import normalized_bundle
 
 from .conftest import shared_file
 

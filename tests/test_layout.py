@@ -1,9 +1,12 @@
-"""The package's shape: no source file outgrows a reading, one atomic writer, each setting declared once.
+"""The package's shape: packages that import one way, no private name across modules, one atomic writer, each
+setting declared once.
 
-(That models/ is a leaf is tests/test_model_imports.py.)
+(That models/ is a leaf is tests/test_model_imports.py.) A module holds one responsibility; one past about 500
+lines is a question for review, not a test failure, since a cap splits files by size rather than by meaning.
 """
 
 import argparse
+import ast
 import errno
 import os
 import stat
@@ -23,10 +26,109 @@ from lightnets.train.config import (
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "lightnets"
 
+# Each room of the package and its level: a module imports only from lower levels or from its own room. cli/ is the
+# only room that sees argv; the top-level __init__ and __main__ re-export and start it.
+LEVELS = {
+    "lightnets.version": 0,
+    "lightnets.models": 0,
+    "lightnets.files": 1,
+    "lightnets.tables": 1,
+    "lightnets.device": 1,
+    "lightnets.distributed": 1,
+    "lightnets.plots": 2,
+    "lightnets.data": 3,
+    "lightnets.deploy": 4,
+    "lightnets.evaluation": 5,
+    "lightnets.prediction": 6,
+    "lightnets.train": 7,
+    "lightnets.measure": 7,
+    "lightnets.cli": 8,
+    "lightnets.__main__": 9,
+    "lightnets": 9,
+}
 
-def test_no_source_file_is_above_400_lines():
-    long = {str(p.relative_to(SRC)): n for p in SRC.rglob("*.py") if (n := len(p.read_text().splitlines())) > 400}
-    assert not long, long
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def room(module: str) -> str:
+    """The longest entry of LEVELS that ``module`` is or lies in."""
+    candidates = [name for name in LEVELS if module == name or module.startswith(name + ".")]
+    assert candidates, f"{module} belongs to no room of LEVELS: add it there"
+    return max(candidates, key=len)
+
+
+def imports_of(path: Path) -> list[tuple[int, str, list[str]]]:
+    """(line, module, names) of every import of a lightnets module in ``path``, lazy ones included."""
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name, []) for a in node.names if a.name.split(".")[0] == "lightnets"]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                module = f"{base}.{node.module}" if node.module else base
+            else:
+                module = node.module or ""
+            if module.split(".")[0] == "lightnets":
+                found.append((node.lineno, module, [a.name for a in node.names]))
+    return found
+
+
+SOURCES = sorted(SRC.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(SRC)))
+def test_imports_point_one_way(path):
+    here = room(module_name(path))
+    upward = []
+    for line, module, names in imports_of(path):
+        targets = [module] if module != "lightnets" else [f"lightnets.{name}" for name in names]
+        for target in targets:
+            there = room(target)
+            if there != here and LEVELS[there] >= LEVELS[here]:
+                upward.append(f"{target} (line {line}, level {LEVELS[there]} from level {LEVELS[here]})")
+    assert not upward, f"{module_name(path)} imports upward or sideways: {', '.join(upward)}"
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(SRC)))
+def test_no_private_name_crosses_modules(path):
+    """A name with a leading underscore is its module's own: another module that needs it gets a public name."""
+    crossing = [
+        f"{name} from {module} (line {line})"
+        for line, module, names in imports_of(path)
+        for name in names
+        if name.startswith("_") and not name.startswith("__") and module != module_name(path)
+    ]
+    assert not crossing, f"{module_name(path)} imports private names: {', '.join(crossing)}"
+
+
+def test_the_import_checks_see_upward_relative_and_private_imports(tmp_path, monkeypatch):
+    fake = tmp_path / "lightnets"
+    (fake / "data").mkdir(parents=True)
+    source = fake / "data" / "m.py"
+    source.write_text("from lightnets.train.loop import train\nfrom ..cli import main\nfrom .x import _hidden\n")
+    monkeypatch.setattr(f"{__name__}.SRC", fake)
+    assert [(m, n) for _, m, n in imports_of(source)] == [
+        ("lightnets.train.loop", ["train"]),
+        ("lightnets.cli", ["main"]),
+        ("lightnets.data.x", ["_hidden"]),
+    ]
+    with pytest.raises(AssertionError, match=r"imports upward or sideways: lightnets\.train\.loop"):
+        test_imports_point_one_way(source)
+    with pytest.raises(AssertionError, match=r"_hidden from lightnets\.data\.x"):
+        test_no_private_name_crosses_modules(source)
+
+
+def test_at_most_ten_plain_modules_beside_the_subpackages():
+    plain = sorted(p.name for p in SRC.glob("*.py") if p.name not in ("__init__.py", "__main__.py"))
+    assert len(plain) <= 10, plain
+    assert sorted(p.name for p in SRC.iterdir() if p.is_dir() and (p / "__init__.py").exists()) == [
+        "cli", "data", "deploy", "measure", "models", "train",
+    ]  # fmt: skip
 
 
 def test_atomic_write_is_readable_by_others_and_leaves_no_temporary(tmp_path):

@@ -33,12 +33,12 @@ class Accuracy:
 
     def __init__(self, loaded: Any, data: str, data_root: str | Path | None = None, batch_size: int = 250) -> None:
         from lightnets.data import load_dataset
-        from lightnets.evaluation import _check_classes
+        from lightnets.evaluation import check_classes
 
         bundle = load_dataset(
             data, data_root=data_root, input_size=loaded.input_size, val_split=loaded.val_split, seed=loaded.seed
         )
-        _check_classes(loaded, data, bundle.classes)
+        check_classes(loaded, data, bundle.classes)
         self.split, self.num_classes, self.batch_size = bundle.val, len(bundle.classes), batch_size
         self.preprocess = loaded.preprocess(torch.device("cpu"))
         self.preprocessing = {

@@ -43,6 +43,8 @@ __all__ = [
     "interleaved_latencies",
     "make_runner",
     "print_bench_rows",
+    "synchronised",
+    "time_call",
     "write_rows",
 ]
 
@@ -161,7 +163,7 @@ def _release_freed_memory() -> None:
 MIN_BLOCKS = 5  # an IQR needs several blocks, even when one call outlasts min_run_time
 
 
-def _time(
+def time_call(
     fn: Callable[[], Any],
     threads: int,
     min_run_time: float,
@@ -216,7 +218,7 @@ def _row(
     }
 
 
-def _synchronised(fn: Callable[[], Any], device: torch.device) -> Callable[[], Any]:
+def synchronised(fn: Callable[[], Any], device: torch.device) -> Callable[[], Any]:
     if device.type != "cuda":
         return fn
 
@@ -267,11 +269,13 @@ def bench_models(
                         top1 = accuracy.top1(runner.predict)
                     for batch in settings.batch_sizes:
                         inputs = torch.randn(batch, 3, size, size, device=device, dtype=runner.input_dtype)
-                        call = _synchronised(runner.call(inputs.contiguous(memory_format=memory_format)), device)
+                        call = synchronised(runner.call(inputs.contiguous(memory_format=memory_format)), device)
                         with torch.inference_mode():
                             # Memory first: the first calls at a batch size are the ones that grow the allocators.
                             peak = PeakMemory(device).measure(call)
-                            measurement = _time(call, settings.threads, settings.min_run_time, settings.warmup, name)
+                            measurement = time_call(
+                                call, settings.threads, settings.min_run_time, settings.warmup, name
+                            )
                         row = _row(
                             name, backend, batch, size, settings, params, macs, measurement, peak, runner, precision
                         )
@@ -351,7 +355,7 @@ def interleaved_latencies(
         for index in range(rounds):
             shift = index % len(labels)
             for label in labels[shift:] + labels[:shift]:
-                medians[label].append(_time(calls[label], threads, min_run_time, 0, label, clock).median)
+                medians[label].append(time_call(calls[label], threads, min_run_time, 0, label, clock).median)
     return medians
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightnets.measure.latency import _synchronised, _time
+from lightnets.measure.latency import synchronised, time_call
 
 __all__ = ["operator_study"]
 
@@ -48,9 +48,9 @@ def operator_study(
         conv = nn.Conv2d(channels, channels, kernel, padding=kernel // 2, groups=groups, bias=False).to(device_).eval()
         x = torch.randn(batch_size, channels, resolution, resolution, device=device_)
         macs = kernel * kernel * channels * (channels // groups) * resolution * resolution
-        call = _synchronised(lambda conv=conv, x=x: conv(x), device_)
+        call = synchronised(lambda conv=conv, x=x: conv(x), device_)
         with torch.inference_mode():
-            measurement = _time(call, threads, min_run_time, 3, op)
+            measurement = time_call(call, threads, min_run_time, 3, op)
         kind = "dense" if groups == 1 else "depthwise" if groups == channels else f"grouped g={groups}"
         row = {
             "op": op,

@@ -1,15 +1,31 @@
-"""How a training run ends early: its errors, the signals that stop it cleanly, and bitwise determinism."""
+"""How a training run ends early: its errors, the signals that stop it cleanly (and the message saying how to
+resume), the non-finite loss check; and the determinism that lets a resumed run continue bitwise."""
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-__all__ = ["Determinism", "NonFiniteLossError", "StopSignals", "TrainingError", "TrainingInterrupted"]
+from lightnets.distributed import ControlChannel, DistContext
+
+__all__ = [
+    "Determinism",
+    "NonFiniteLossError",
+    "StopSignals",
+    "TrainingError",
+    "TrainingInterrupted",
+    "check_finite",
+    "interrupted",
+    "position",
+    "stop_if_signalled",
+]
 
 
 class TrainingError(RuntimeError):
@@ -99,3 +115,65 @@ class Determinism:
         torch.backends.cudnn.deterministic = cudnn_deterministic
         torch.backends.cudnn.benchmark = cudnn_benchmark
         torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------------------- stopping a run
+
+
+def position(epoch: int, step: int) -> str:
+    """A checkpoint position (completed epochs, steps into the next) as a person counts it."""
+    return f"from the end of epoch {epoch}" if step == 0 else f"from epoch {epoch + 1} step {step}"
+
+
+def _all_finite(tensors: Any) -> bool:
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors if t.is_floating_point()]).all())
+
+
+def check_finite(
+    nan_policy: str,
+    nonfinite: torch.Tensor,
+    upto: int,
+    *,
+    epoch: int,
+    steps: int,
+    last_saved: str,
+    model: nn.Module | None = None,
+) -> None:
+    """Under --nan-policy stop, raise if a step before ``upto`` had a non-finite loss (or, given ``model``, if its
+    weights are non-finite: a finite loss can still give infinite gradients). ``last_saved`` says which last.pt is
+    still good."""
+    if nan_policy != "stop":
+        return
+    flags = nonfinite[:upto]
+    if bool(flags.any()):
+        bad = int(flags.nonzero()[0, 0])
+        raise NonFiniteLossError(
+            f"non-finite loss at epoch {epoch + 1} step {bad + 1} (of {steps}); stopped without saving, so "
+            f"last.pt ({last_saved}) and best.pt are the last good checkpoints; lower --lr, or pass "
+            "--nan-policy skip to skip such steps"
+        )
+    if model is not None and not _all_finite(model.parameters()):
+        raise NonFiniteLossError(
+            f"the weights became non-finite by epoch {epoch + 1} step {upto} (of {steps}) with a finite loss; "
+            f"stopped without saving, so last.pt ({last_saved}) is the last good checkpoint"
+        )
+
+
+def interrupted(run_dir: Path, where: str, signum: int, context: DistContext) -> TrainingInterrupted:
+    """The error that ends a run stopped by a signal, after saying on rank 0 where it saved and how to resume."""
+    name = signal.Signals(signum).name
+    processes = f" --nproc {context.world_size} (or your torchrun command with --resume)" if context.enabled else ""
+    message = (
+        f"{name} received: stopped {where} and saved {run_dir / 'last.pt'}; "
+        f"continue with: lightnets train --resume {run_dir}{processes}"
+    )
+    if context.is_main:
+        print(message, file=sys.stderr, flush=True)
+    return TrainingInterrupted(signum, message)
+
+
+def stop_if_signalled(control: ControlChannel, stop: StopSignals | None, run_dir: Path, where: str) -> None:
+    """Between epochs (and before the first step): stop, on every rank, if any rank got SIGINT or SIGTERM."""
+    signum = control.settle(stop.signum if stop is not None else None)
+    if signum is not None:
+        raise interrupted(run_dir, where, signum, control.context)
