@@ -54,7 +54,7 @@ import torch
 import yaml
 from torch import nn
 
-from lightnets.measure.complexity import count_macs, count_params
+from lightnets.measure.counting import count_macs, count_params
 from lightnets.measure.latency import device_name, interleaved_latencies
 from lightnets.models import create_model, reparameterize_model
 

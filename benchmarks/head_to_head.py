@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from lightnets.measure.complexity import count_macs
+from lightnets.measure.counting import count_macs
 from lightnets.measure.latency import BenchSettings, interleaved_latencies, make_runner
 from lightnets.models import create_model, reparameterize_model
 

@@ -25,7 +25,7 @@ def read_run(run_dir: Path) -> dict:
     wall = run_dir / "wall_seconds"
     model_kwargs = {k: v for k, v in settings.get("model_kwargs", {}).items()}
     model = lightnets.create_model(settings["model"], num_classes=10, **model_kwargs)
-    stats = lightnets.measure.complexity(model, settings["input_size"])
+    stats = lightnets.complexity(model, settings["input_size"])
     last = history[-1]
     return {
         "run": run_dir.name,

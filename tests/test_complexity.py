@@ -53,7 +53,7 @@ def within(value: float, reference: float, tolerance: float = 0.01) -> bool:
 @pytest.mark.parametrize("name", list(REFERENCE))
 def test_reference_counts(name):
     params, deploy_params, macs = REFERENCE[name]
-    stats = lightnets.measure.complexity(lightnets.create_model(name))
+    stats = lightnets.complexity(lightnets.create_model(name))
     assert within(stats.params / 1e6, params), stats
     assert within(stats.deploy_macs / 1e6, macs), stats
     if deploy_params is not None:
@@ -67,13 +67,13 @@ def test_reference_counts(name):
 @pytest.mark.parametrize("name", list(BASELINES))
 def test_baseline_counts(name):
     params, macs = BASELINES[name]
-    stats = lightnets.measure.complexity(lightnets.create_model(name))
+    stats = lightnets.complexity(lightnets.create_model(name))
     assert within(stats.params / 1e6, params) and within(stats.macs / 1e6, macs), stats
 
 
 def test_complexity_scales_with_input_and_classes():
-    small = lightnets.measure.complexity(lightnets.create_model("spgnet_s2p6_cifar"), 32)
-    large = lightnets.measure.complexity(lightnets.create_model("spgnet_s2p6_cifar"), 64)
+    small = lightnets.complexity(lightnets.create_model("spgnet_s2p6_cifar"), 32)
+    large = lightnets.complexity(lightnets.create_model("spgnet_s2p6_cifar"), 64)
     assert large.macs > 3.5 * small.macs - 1e6
-    hundred = lightnets.measure.complexity(lightnets.create_model("spgnet_s2p6_cifar", num_classes=100))
+    hundred = lightnets.complexity(lightnets.create_model("spgnet_s2p6_cifar", num_classes=100))
     assert hundred.params - small.params == 90 * 1024

@@ -192,6 +192,7 @@ REPORT_SCRIPT = """
 """
 
 
+@pytest.mark.slow  # torchrun
 def test_under_torchrun_rank_0_measures_and_every_rank_trains_with_its_numbers(tmp_path):
     import textwrap
 

@@ -82,6 +82,7 @@ def test_onnx_export_has_constant_reshape_targets_for_quantisation(tmp_path):
     quant_pre_process(str(tmp_path / "m.onnx"), str(tmp_path / "pre.onnx"))
 
 
+@pytest.mark.slow  # INT8 calibration of every family
 @pytest.mark.parametrize("fmt", ["onnx", "openvino"])
 @pytest.mark.parametrize("name", FAMILIES)
 def test_int8_export_of_every_family_runs_through_eval(name, fmt, tiny_folder, tmp_path, capsys):

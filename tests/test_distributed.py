@@ -25,6 +25,9 @@ from lightnets.models.checkpoint import build_model_from_checkpoint, load_checkp
 
 from .conftest import shared_file
 
+# Each test launches torchrun with two processes: slow on 2 cores (make test-all, CI's slow step).
+pytestmark = pytest.mark.slow
+
 SUBSET = "cifar-10-subset-python.tar.gz"
 MODEL = "asymmnet_small_x0_35_cifar"
 # Each rank normalises BN over its own half of the global batch (SyncBatchNorm has no CPU kernel) and draws its

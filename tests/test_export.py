@@ -37,6 +37,7 @@ def input_size(name: str) -> int:
     return SMALL_SIZE[name.endswith("_cifar")]
 
 
+@pytest.mark.slow  # every registered model, a few seconds each
 @pytest.mark.parametrize("name", lightnets.list_models())
 def test_onnx_export_of_every_model_in_deploy_form(name, tmp_path):
     model = build(name, deploy=True)

@@ -170,6 +170,7 @@ def test_save_checkpoint_failure_keeps_the_old_file_and_no_temporary(tmp_path, m
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
+@pytest.mark.slow  # four training runs
 def test_killed_and_resumed_three_times_ends_bitwise_equal(tmp_path, monkeypatch, reference) -> None:
     # 2 epochs x 4 steps, last.pt every 3 steps and at epoch ends. Deaths after global steps 2 (before any
     # checkpoint: the resume starts over), 5 (last.pt from the end of epoch 1) and 7 (last.pt from step 6, mid-
@@ -191,6 +192,7 @@ def test_killed_and_resumed_three_times_ends_bitwise_equal(tmp_path, monkeypatch
     assert_bitwise_equal(reference, resumed)
 
 
+@pytest.mark.slow  # training subprocesses killed and resumed
 def test_sigkilled_subprocess_resumes_bitwise_equal(tmp_path, reference) -> None:
     config = tiny(tmp_path, ema=True, checkpoint_every=1)
     run_dir = Path(config.out)

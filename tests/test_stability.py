@@ -17,6 +17,9 @@ from lightnets.train.loop import train
 
 from .conftest import subset_config
 
+# Two epochs of every family at the recipe's peak lr: minutes on 2 cores (make test-all, CI's slow step).
+pytestmark = pytest.mark.slow
+
 LIMIT = math.log(10) + 0.5
 
 

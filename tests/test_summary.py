@@ -1,4 +1,4 @@
-"""lightnets.summary / `lightnets summary`: per-module rows whose totals are lightnets.measure.complexity's."""
+"""lightnets.summary / `lightnets summary`: per-module rows whose totals are lightnets.measure.counting's."""
 
 import re
 
@@ -6,7 +6,7 @@ import pytest
 
 import lightnets
 from lightnets.cli import main
-from lightnets.measure.summary import OUTSIDE
+from lightnets.measure.per_layer import OUTSIDE
 
 FAMILIES = [
     "spgnet_s2p6_cifar",
@@ -22,7 +22,7 @@ FAMILIES = [
 @pytest.mark.parametrize("name", FAMILIES)
 def test_totals_equal_complexity_in_both_forms(name):
     model = lightnets.create_model(name)
-    stats = lightnets.measure.complexity(model)
+    stats = lightnets.complexity(model)
     deploy = lightnets.reparameterize_model(model)
     for net, params, macs in ((model, stats.params, stats.macs), (deploy, stats.deploy_params, stats.deploy_macs)):
         for depth in (1, 2, 4):
@@ -84,7 +84,7 @@ def test_cli_summary_totals_equal_cli_models(deploy, capsys):
         (deploy_params, deploy_macs) if deploy else (params, macs)
     )
     total_params, total_macs = _numbers(out, r"^total\s+(\S+)\s+(\S+)$")
-    stats = lightnets.measure.complexity(lightnets.create_model(name))
+    stats = lightnets.complexity(lightnets.create_model(name))
     expected = (stats.deploy_params, stats.deploy_macs) if deploy else (stats.params, stats.macs)
     assert (int(total_params.replace(",", "")), int(total_macs.replace(",", ""))) == expected
 

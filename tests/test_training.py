@@ -67,6 +67,7 @@ def test_weight_decay_skips_bn_and_bias():
     assert all(p.ndim == 1 for p in no_decay["params"]) and len(no_decay["params"]) == 4
 
 
+@pytest.mark.slow  # a multi-epoch run, twice
 def test_resume_ends_with_the_same_weights(tmp_path, monkeypatch):
     # Dropout (AsymmNet's head) and EMA make the RNG and EMA state part of what must be restored.
     config = dict(epochs=3, max_steps_per_epoch=3, ema=True)

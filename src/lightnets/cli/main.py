@@ -22,7 +22,7 @@ __all__ = ["main"]
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from lightnets.measure.complexity import print_model_table
+    from lightnets.measure.counting import print_model_table
     from lightnets.models.registry import expand_model_names
 
     print_model_table(expand_model_names(args.pattern), args.input_size, args.num_classes, args.markdown)

@@ -167,7 +167,7 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from lightnets.measure.summary import print_model_summary
+    from lightnets.measure.per_layer import print_model_summary
 
     require(args.depth, "--depth", 1)
     if args.input_size is not None:

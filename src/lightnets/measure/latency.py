@@ -31,7 +31,7 @@ from lightnets.device import describe_cpu_features, device_name
 from lightnets.files import atomic_path, atomic_write
 from lightnets.measure.accuracy import bench_targets, calibration_for
 from lightnets.measure.backends import PRECISIONS, Exports, Runner, Skipped, make_precision_runner
-from lightnets.measure.complexity import count_macs, count_params
+from lightnets.measure.counting import count_macs, count_params
 from lightnets.tables import format_table
 
 __all__ = [

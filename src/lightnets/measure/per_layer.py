@@ -1,7 +1,7 @@
 """A per-module table of a model: output shape, parameters and MACs of every module at a chosen depth.
 
 ``lightnets.summary(model, input_size)`` and ``lightnets summary NAME``. The counting is
-:mod:`lightnets.measure.complexity`'s (:func:`~lightnets.measure.complexity.count_macs_by_module`: FlopCounterMode
+:mod:`lightnets.measure.counting`'s (:func:`~lightnets.measure.counting.count_macs_by_module`: FlopCounterMode
 FLOPs / 2 of convolutions and linear layers, batch 1, eval mode), read per module from the same pass, with forward
 hooks recording each module's output shape; so the totals are ``lightnets models``' numbers by construction, and the
 rows add up to them (a last row holds whatever lies outside the listed modules, when anything does). No torchinfo.
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightnets.measure.complexity import count_macs_by_module, count_params
+from lightnets.measure.counting import count_macs_by_module, count_params
 from lightnets.tables import format_table
 
 __all__ = ["ModelSummary", "SummaryRow", "print_model_summary", "summary"]
