@@ -18,6 +18,19 @@ def shared_file(name: str) -> Path:
     return path
 
 
+# One variant per family in each form runs in the default suite; the other registered variants of a test over every
+# model carry the slow mark (make test-all, CI's slow step), so each test still covers them all.
+REPRESENTATIVES = (
+    "spgnet_s2p6", "shufflenet_v1_g3_x1_0", "parnet_s", "asymmnet_large_x1_0",
+    "spgnet_s2p6_cifar", "shufflenet_v1_g3_x0_5_cifar", "parnet_s_cifar", "asymmnet_small_x0_35_cifar",
+)  # fmt: skip
+
+
+def every_model(names: list[str], fast: tuple[str, ...] = REPRESENTATIVES) -> list:
+    """``names`` as pytest parameters, those outside ``fast`` marked slow."""
+    return [pytest.param(name, marks=() if name in fast else pytest.mark.slow) for name in names]
+
+
 def subset_config(run_dir: Path, model: str, **settings):
     """A TrainConfig on the CIFAR-10 subset writing ``run_dir``, quiet, without DataLoader workers; ``settings``
     give the rest and override any of these."""

@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from lightnets.cli import main
 
 
@@ -27,6 +29,7 @@ def test_unknown_pattern_is_a_clear_error(capsys):
     assert "unknown model 'spgnet_s2p66'" in err and "spgnet_s2p6" in err
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 def test_python_dash_m_entry_point():
     result = subprocess.run(
         [sys.executable, "-m", "lightnets", "models", "asymmnet_small_x0_35_cifar"],

@@ -4,6 +4,8 @@ import pytest
 
 import lightnets
 
+from .conftest import every_model
+
 # name: (params M, deploy params M or None, MACs M of the deploy form). For ParNet the training form's
 # MACs are checked too. Copied from the spec's reference table, which was measured on the authors' code.
 REFERENCE = {
@@ -50,7 +52,7 @@ def within(value: float, reference: float, tolerance: float = 0.01) -> bool:
     return abs(value / reference - 1) <= tolerance
 
 
-@pytest.mark.parametrize("name", list(REFERENCE))
+@pytest.mark.parametrize("name", every_model(list(REFERENCE)))
 def test_reference_counts(name):
     params, deploy_params, macs = REFERENCE[name]
     stats = lightnets.complexity(lightnets.create_model(name))

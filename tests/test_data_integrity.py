@@ -379,6 +379,7 @@ def test_predict_warnings_are_clean_lines_in_a_real_process(tmp_path, checkpoint
                                           "empty file (0 bytes)"]  # fmt: skip
 
 
+@pytest.mark.slow  # several fresh CLI processes
 def test_no_cuda_notice_on_a_machine_without_cuda(tmp_path) -> None:
     # A CUDA toolkit (CUDA_HOME) without a usable GPU is what makes torch log the notice.
     env = {"CUDA_HOME": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}

@@ -13,7 +13,7 @@ from lightnets.deploy.safetensors import export_safetensors, load_safetensors_mo
 from lightnets.models.checkpoint import CheckpointError
 from lightnets.train.rundir import save_checkpoint
 
-from .conftest import randomize_batchnorm
+from .conftest import REPRESENTATIVES, every_model, randomize_batchnorm
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -37,8 +37,10 @@ def input_size(name: str) -> int:
     return SMALL_SIZE[name.endswith("_cifar")]
 
 
-@pytest.mark.slow  # every registered model, a few seconds each
-@pytest.mark.parametrize("name", lightnets.list_models())
+# A few seconds a model: the CIFAR form of each family in the default suite, every other model marked slow.
+@pytest.mark.parametrize(
+    "name", every_model(lightnets.list_models(), fast=tuple(n for n in REPRESENTATIVES if n.endswith("_cifar")))
+)
 def test_onnx_export_of_every_model_in_deploy_form(name, tmp_path):
     model = build(name, deploy=True)
     result = export_onnx(model, tmp_path / f"{name}.onnx", input_size(name))

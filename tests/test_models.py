@@ -7,7 +7,7 @@ from torch import nn
 import lightnets
 from lightnets.models.layers import ConvBnAct
 
-from .conftest import randomize_batchnorm
+from .conftest import every_model, randomize_batchnorm
 
 ALL_MODELS = lightnets.list_models()
 # Backward at 224 for the 20-90 M parameter ParNets is slow on a 2-core CI box; they take 64 px instead.
@@ -32,7 +32,7 @@ def test_unknown_name_lists_closest():
         lightnets.create_model("shufflenet_v1_g3_x1")
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", every_model(ALL_MODELS))
 def test_forward_backward_and_api(name):
     model = lightnets.create_model(name, num_classes=7)
     size = BACKWARD_SIZE.get(name, model.default_input_size)
@@ -61,7 +61,7 @@ def test_cifar_forms_end_at_4x4(name):
     assert model.forward_features(torch.randn(1, 3, 32, 32)).shape[-2:] == (4, 4)
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", every_model(ALL_MODELS))
 def test_deploy_form_equals_training_form(name):
     model = lightnets.create_model(name)
     randomize_batchnorm(model, seed=len(name))

@@ -30,7 +30,12 @@ def tiny_config(tmp_path, model: str, **overrides) -> TrainConfig:
 
 @pytest.mark.parametrize(
     "model",
-    ["spgnet_s2p6_cifar", "shufflenet_v1_g3_x0_5_cifar", "parnet_s_cifar", "asymmnet_small_x0_35_cifar"],
+    [
+        "spgnet_s2p6_cifar",
+        "shufflenet_v1_g3_x0_5_cifar",
+        pytest.param("parnet_s_cifar", marks=pytest.mark.slow),  # 10 s of the default suite's budget
+        "asymmnet_small_x0_35_cifar",
+    ],
 )
 def test_one_short_training_run_per_family(tmp_path, model, monkeypatch):
     # Evaluate on a slice of the test set only: the point is the training step.

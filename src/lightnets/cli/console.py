@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 __all__ = ["command_output", "os_error_text"]
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # lightnets/, above cli/
 
 
 class _NoCudaHomeNotice(logging.Filter):
