@@ -1,5 +1,5 @@
 """The measuring and deploying commands: ``bench``, ``report``, ``export`` and ``summary`` (wiring only; the work is
-in benchmarking.py, report.py, export.py and model_summary.py)."""
+in :mod:`lightnets.measure` and :func:`lightnets.deploy.export_model`)."""
 
 from __future__ import annotations
 
