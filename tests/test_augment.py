@@ -129,6 +129,7 @@ def test_folder_dataset_takes_the_policy(tmp_path):
     assert image.shape == (3, 64, 64) and image.dtype == torch.uint8
 
 
+@pytest.mark.slow  # a bf16 run: emulated, 9x slower, on CPUs without native bf16
 def test_amp_default_follows_native_bf16(monkeypatch, tmp_path):
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
     assert default_amp(torch.device("cpu")) is True

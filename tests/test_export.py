@@ -88,6 +88,7 @@ def test_onnx_refuses_an_input_size_the_model_cannot_run(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # the dynamo exporter takes ~10x TorchScript's time
 def test_onnx_falls_back_to_dynamo_when_torchscript_fails(tmp_path, monkeypatch):
     def refuse(*args):
         raise RuntimeError("torchscript exporter unavailable")
