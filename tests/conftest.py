@@ -56,12 +56,3 @@ def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
-
-
-def pytest_collection_modifyitems(config, items) -> None:
-    # A pytest process that has (1) run a DataLoader with worker processes (test_data_stats.py's workers=1 call),
-    # then (2) the deploy tests (OpenVINO, NNCF, ONNX Runtime quantisation), died of SIGSEGV with no Python frame
-    # in (3) the next test that starts torchrun and then evaluates in-process (test_distributed.py). Each of the
-    # three was needed: removing the workers=1 call or the deploy tests made it pass; a small script doing the
-    # same three things did not crash. Until the cause is found, the deploy tests run after every other test.
-    items.sort(key=lambda item: item.nodeid.startswith("tests/test_deploy.py"))

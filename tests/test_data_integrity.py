@@ -392,3 +392,16 @@ def test_no_cuda_notice_on_a_machine_without_cuda(tmp_path) -> None:
     assert len(bench.stderr.splitlines()) == 1, bench.stderr
     models = run_cli("models", "asymmnet_small_x0_35_cifar", cwd=tmp_path, env=env)
     assert models.returncode == 0 and models.stderr == ""
+
+
+@pytest.mark.slow  # fresh interpreters importing torch
+def test_no_cuda_notice_from_a_script_that_imports_lightnets(tmp_path) -> None:
+    # What the benchmark scripts do: import lightnets, then what imports torch's extension helper.
+    env = {**os.environ, "CUDA_HOME": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
+    control = subprocess.run([sys.executable, "-c", "import torch.utils.benchmark"], capture_output=True, text=True,
+                             env=env, timeout=300)  # fmt: skip
+    if "No CUDA runtime is found" not in control.stderr:
+        pytest.skip("this torch does not log the CUDA_HOME notice")
+    script = "import torch\nimport lightnets.measure.latency\nimport torch.utils.cpp_extension\nprint('ran')\n"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0 and result.stdout == "ran\n" and result.stderr == "", result.stderr

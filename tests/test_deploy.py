@@ -3,6 +3,9 @@ ONNX Runtime and OpenVINO, exported files through ``eval``/``predict``, and ``be
 run is reported as skipped, what runs says the precision that ran)."""
 
 import json
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -232,3 +235,26 @@ def test_fp16_onnx_for_the_cuda_provider_keeps_float32_inputs_and_outputs():
     assert graph.output[0].type.tensor_type.elem_type == float_type
     conv_weights = {node.input[1] for node in graph.node if node.op_type == "Conv"}
     assert conv_weights and {i.data_type for i in graph.initializer if i.name in conv_weights} == {half_type}
+
+
+def test_openvino_leaves_the_signal_stack_so_a_child_exit_does_not_kill_the_process(tmp_path):
+    # The crash of earlier test runs, in one fresh process: a Python SIGCHLD handler (a DataLoader with workers sets
+    # one), OpenVINO's CPU plugin loaded and released by an INT8 benchmark, then a child process that exits. Before
+    # lightnets kept the thread's alternate signal stack around OpenVINO, the plugin left it pointing at memory it had
+    # freed, and the SIGCHLD killed the process with SIGSEGV.
+    script = textwrap.dedent("""
+        import faulthandler, gc, signal, subprocess
+        import lightnets
+        faulthandler.enable()  # what pytest does: an alternate signal stack for its handlers
+        signal.signal(signal.SIGCHLD, lambda *args: None)
+        settings = lightnets.BenchSettings(models=["shufflenet_v1_g3_x0_25_cifar"], batch_sizes=[1],
+                                           backends=["openvino"], precisions=["fp32", "int8"], min_run_time=0.01,
+                                           warmup=1, threads=1)
+        lightnets.bench(settings, log=lambda line: None)  # int8: NNCF loads the CPU plugin in a Core of its own
+        gc.collect()  # that Core is gone: the plugin's memory is freed
+        subprocess.run(["true"], check=True)
+        print("alive")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert result.stdout.splitlines()[-1] == "alive"

@@ -292,7 +292,7 @@ def test_sync_bn_on_cpu_is_refused_before_any_work(tmp_path):
 
 
 def test_nproc_is_torchrun_for_this_machine(tmp_path, monkeypatch):
-    from lightnets.cli import _without_nproc, main
+    from lightnets.cli.main import _without_nproc, main
 
     assert _without_nproc(["train", "--nproc", "2", "--epochs", "1", "--nproc=3"]) == ["train", "--epochs", "1"]
     monkeypatch.setenv("WORLD_SIZE", "2")

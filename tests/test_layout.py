@@ -186,3 +186,17 @@ def test_config_file_errors_name_the_file(tmp_path):
         assert str(good) in str(caught.value)
     with pytest.raises(ValueError, match="does not exist"):
         load_config_file(tmp_path / "missing.yaml")
+
+
+def test_config_file_setting_given_twice_is_refused_naming_the_lines(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    for text, expected in [
+        ("epochs: 2\nlr: 0.1\nepochs: 3\n", "epochs is set twice (lines 1 and 3); keep one"),
+        ("batch-size: 64\nbatch_size: 32\n", "batch_size is set twice (as batch-size and batch_size); keep one"),
+        ("- epochs: 2\n", "must hold a mapping of settings (KEY: VALUE lines), not a list"),
+    ]:
+        recipe.write_text(text)
+        with pytest.raises(ValueError) as caught:
+            load_config_file(recipe)
+        assert str(caught.value).startswith(f"--config {recipe}") and expected in str(caught.value)
+        assert "\n" not in str(caught.value)

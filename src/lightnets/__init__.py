@@ -14,8 +14,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from lightnets.device import quiet_cuda_home_notice
 from lightnets.models import create_model, is_model, list_models, register_model, reparameterize_model
 from lightnets.version import __version__
+
+quiet_cuda_home_notice()  # before anything of lightnets imports torch's extension helper
 
 if TYPE_CHECKING:
     from lightnets.deploy.export import export_model as export

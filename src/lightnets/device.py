@@ -8,6 +8,7 @@ VNNI or AMX in the same way. :func:`cpu_features` reads them, :func:`default_amp
 from __future__ import annotations
 
 import functools
+import logging
 import platform
 from contextlib import nullcontext
 from pathlib import Path
@@ -22,6 +23,7 @@ __all__ = [
     "default_amp",
     "describe_cpu_features",
     "device_name",
+    "quiet_cuda_home_notice",
     "resolve_device",
 ]
 
@@ -110,3 +112,17 @@ def default_amp(device: torch.device) -> bool:
 
 def autocast_context(device: torch.device, enabled: bool, dtype: torch.dtype) -> Any:
     return torch.autocast(device.type, dtype=dtype) if enabled else nullcontext()
+
+
+class _NoCudaHomeNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No CUDA runtime is found")
+
+
+def quiet_cuda_home_notice() -> None:
+    """Drop the line torch logs when a CPU-only machine imports its C++ extension helper ("No CUDA runtime is
+    found, using CUDA_HOME=..."): on a machine without CUDA it says nothing the user can act on. Other records of
+    that logger pass. Takes effect for imports after the call (importing lightnets makes it)."""
+    logger = logging.getLogger("torch.utils.cpp_extension")  # the logger torch creates, configured before import
+    if not any(isinstance(existing, _NoCudaHomeNotice) for existing in logger.filters):
+        logger.addFilter(_NoCudaHomeNotice())

@@ -11,25 +11,15 @@ a CUDA toolkit but no GPU, although nothing lightnets does builds CUDA extension
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import warnings
 from collections.abc import Iterator
 
+from lightnets.device import quiet_cuda_home_notice
+
 __all__ = ["command_output", "os_error_text"]
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # lightnets/, above cli/
-
-
-class _NoCudaHomeNotice(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("No CUDA runtime is found")
-
-
-def _quiet_cuda_home_notice() -> None:
-    logger = logging.getLogger("torch.utils.cpp_extension")  # the logger torch creates, configured before import
-    if not any(isinstance(existing, _NoCudaHomeNotice) for existing in logger.filters):
-        logger.addFilter(_NoCudaHomeNotice())
 
 
 def _one_line(command: str, message, category, filename: str, lineno: int, line: str | None = None) -> str:
@@ -42,7 +32,7 @@ def _one_line(command: str, message, category, filename: str, lineno: int, line:
 @contextlib.contextmanager
 def command_output(command: str) -> Iterator[None]:
     """While ``command`` runs: warnings as one line each, torch's CUDA_HOME notice dropped."""
-    _quiet_cuda_home_notice()
+    quiet_cuda_home_notice()
     previous = warnings.formatwarning
     warnings.formatwarning = lambda *args, **kwargs: _one_line(command, *args, **kwargs)
     try:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from lightnets.deploy.onnx import INPUT_NAME
+from lightnets.deploy.sessions import signal_stack_kept
 from lightnets.files import atomic_path
 from lightnets.models.errors import first_line, require_module
 
@@ -181,7 +182,7 @@ def quantize_openvino(onnx_path: str | Path, calibration: list[np.ndarray]) -> A
     model = ov.convert_model(str(onnx_path))
     # One image per item: NNCF's statistics (and its bias correction) assume a batch of one.
     images = [batch[i : i + 1] for batch in calibration for i in range(batch.shape[0])]
-    with _quiet_quantizers():
+    with _quiet_quantizers(), signal_stack_kept():  # NNCF compiles the model on OpenVINO's CPU plugin
         nncf = require_module("nncf")
         try:
             return nncf.quantize(

@@ -11,9 +11,14 @@ resize, mean, std, channel order) as JSON under :data:`META_KEY` in the ONNX fil
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import json
 import os
+import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +39,11 @@ __all__ = [
     "is_exported_file",
     "onnxruntime_session",
     "openvino_compile",
+    "openvino_core",
     "openvino_ran",
     "read_export_meta",
     "save_openvino",
+    "signal_stack_kept",
 ]
 
 META_KEY = "lightnets"
@@ -70,13 +77,64 @@ def onnxruntime_session(model: str | Path | bytes, threads: int, device: str = "
     return ort.InferenceSession(source, sess_options=options, providers=providers)
 
 
+class _SignalStack(ctypes.Structure):  # stack_t of sigaltstack(2)
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@contextlib.contextmanager
+def signal_stack_kept() -> Iterator[None]:
+    """Give this thread back the alternate signal stack it had before the block.
+
+    OpenVINO's CPU plugin, when it loads (the first ``compile_model`` or ``get_property`` on "CPU" of a ``Core``),
+    sets the calling thread's alternate signal stack to memory of its own, and does not restore the old one; when
+    the plugin is released the memory is unmapped while the kernel still has it as the thread's signal stack.
+    CPython installs every Python signal handler with SA_ONSTACK, so the next such signal delivered to that
+    thread (SIGCHLD, once a DataLoader with workers has set its handler, when any child process exits; SIGINT)
+    finds no stack to run on and the kernel kills the process with SIGSEGV. Seen as a test process that died in
+    ``poll`` while waiting for torchrun, after a DataLoader with workers and an OpenVINO benchmark.
+    """
+    libc = _libc()
+    saved = _SignalStack()
+    if libc is None or libc.sigaltstack(None, ctypes.byref(saved)) != 0:
+        yield
+        return
+    try:
+        yield
+    finally:
+        current = _SignalStack()
+        if libc.sigaltstack(None, ctypes.byref(current)) == 0 and (current.ss_sp, current.ss_size) != (
+            saved.ss_sp,
+            saved.ss_size,
+        ):
+            libc.sigaltstack(ctypes.byref(saved), None)
+
+
+@functools.cache
+def _libc() -> Any:
+    if sys.platform != "linux":
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+@functools.cache
+def openvino_core() -> Any:
+    """lightnets' one OpenVINO ``Core``: the CPU plugin is loaded once and stays loaded for the process (and its
+    loading leaves the thread's signal stack as it found it, see :func:`signal_stack_kept`)."""
+    ov = require_module("openvino")
+    with signal_stack_kept():
+        return ov.Core()
+
+
 def openvino_compile(model: Any, threads: int, precision: str = "fp32", batch_size: int | None = None) -> Any:
     """``model`` (a path or ``openvino.Model``) compiled for the CPU with ``threads`` threads, one stream, and the
     inference precision hint of ``precision`` set explicitly (an INT8 model's quantised layers run in int8 under
     any hint; its other layers follow the hint). ``batch_size`` fixes the batch axis, which lets OpenVINO plan
     static memory; without it the batch stays dynamic."""
     ov = require_module("openvino")
-    core = ov.Core()
+    core = openvino_core()
     if not isinstance(model, ov.Model):
         model = core.read_model(str(model))
     if batch_size is not None:
@@ -89,7 +147,8 @@ def openvino_compile(model: Any, threads: int, precision: str = "fp32", batch_si
         "PERFORMANCE_HINT": "LATENCY",
         "NUM_STREAMS": 1,
     }
-    return core.compile_model(model, "CPU", config)
+    with signal_stack_kept():
+        return core.compile_model(model, "CPU", config)
 
 
 def openvino_ran(compiled: Any) -> str:

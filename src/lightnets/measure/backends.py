@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from lightnets.deploy.onnx import INPUT_NAME, OUTPUT_NAME
+from lightnets.deploy.sessions import openvino_core, signal_stack_kept
 from lightnets.device import cpu_features, cpu_has_native_bf16
 from lightnets.models.errors import require_module
 
@@ -231,7 +232,8 @@ def _openvino_runner(exports: Exports, precision: str, threads: int, device: tor
 
 
 def _openvino_capabilities() -> tuple[str, ...]:
-    return tuple(require_module("openvino").Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    with signal_stack_kept():
+        return tuple(openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
 def make_precision_runner(

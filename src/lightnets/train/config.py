@@ -250,24 +250,51 @@ def augment_spec(config: TrainConfig) -> AugmentSpec:
     return AugmentSpec(config.aug, config.aug_ops, config.aug_magnitude, config.random_erasing, config.cutout)
 
 
+class _RefuseDuplicateKeys(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys; a recipe that sets one twice is a mistake to show, not to guess."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key} is set twice (lines {seen[key]} and {line}); keep one", key_node.start_mark
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """The settings of a ``--config`` YAML file (keys as the flags, with - or _), checked for unknown keys."""
+    """The settings of a ``--config`` YAML file (keys as the flags, with - or _), checked for unknown keys and for
+    a setting given twice."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"--config {path} does not exist")
     try:
-        values = yaml.safe_load(path.read_text())
+        values = yaml.load(path.read_text(), Loader=_RefuseDuplicateKeys)  # a SafeLoader: builds plain data only
+    except yaml.constructor.ConstructorError as error:
+        raise ValueError(f"--config {path}: {error.problem}") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
         raise ValueError(f"--config {path} is not readable YAML: {str(error).splitlines()[0]}") from None
     values = values or {}
     if not isinstance(values, dict):
-        raise ValueError(f"--config {path} must hold a mapping of settings")
-    values = {str(key).replace("-", "_"): value for key, value in values.items()}
+        raise ValueError(
+            f"--config {path} must hold a mapping of settings (KEY: VALUE lines), not a {type(values).__name__}"
+        )
+    normalized: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name in normalized:
+            raise ValueError(f"--config {path}: {name} is set twice (as {spelled[name]} and {key}); keep one")
+        normalized[name], spelled[name] = value, str(key)
     known = {item.name for item in fields(TrainConfig)}
-    unknown = sorted(key for key in values if key not in known)
+    unknown = sorted(key for key in normalized if key not in known)
     if unknown:
         raise ValueError(f"--config {path}: unknown setting(s) {', '.join(unknown)}")
-    return values
+    return normalized
 
 
 def resolved_settings(config: TrainConfig, device: Any, bundle: Any, world_size: int, amp: bool) -> dict[str, Any]:

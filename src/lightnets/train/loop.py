@@ -39,6 +39,7 @@ from lightnets.models import create_model
 from lightnets.models.checkpoint import check_checkpoint
 from lightnets.train import rundir
 from lightnets.train.config import TrainConfig, augment_spec, resolved_settings, validate_config
+from lightnets.train.lock import RunDirLock
 from lightnets.train.metrics import EpochSums, begin_sums, epoch_row, running_sums, show_progress
 from lightnets.train.optim import set_lr, warmup_cosine
 from lightnets.train.run import (
@@ -102,30 +103,41 @@ def train(config: TrainConfig, resume: str | Path | None = None) -> TrainResult:
 def _checked_run(config: TrainConfig, resume: Any, device: torch.device, context: DistContext) -> TrainResult:
     """Everything that can be checked without data first, then the run; a run that never started leaves no dir."""
     check_distributed(config.batch_size, config.sync_bn, device, context)
-    run_dir = rundir.resolve_run_dir(config.out, resume, config.model, config.data, context)
-    checkpoint = open_resume(run_dir, config, clean=context.is_main) if resume else None
-    shape_model = meta_model(config)
-    # CIFAR keeps its native 32 px unless asked; folder images are cropped to the model's own size.
-    input_size = config.input_size or (
-        32 if parse_data_spec(config.data).kind != "folder" else int(getattr(shape_model, "default_input_size", 224))
-    )
-    check_input_size(shape_model, config.model, input_size, lambda: create_model(config.model, **config.model_kwargs))
-    created = context.is_main and not run_dir.exists()
-    try:
-        if context.is_main:
-            rundir.check_output_dir(run_dir, rundir.checkpoint_bytes(shape_model, config.ema))
-        with Determinism(config.deterministic, device):
-            quiet = config.quiet or not context.is_main  # one rank reports for the job
-            say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-            job = Job(device, context, ControlChannel(context), say)
-            data, recipe, schedule, files, state = _set_up(config, job, run_dir, input_size, resume, checkpoint)
-            # Only around the loop: during set-up there is nothing to save, and Ctrl-C should act at once.
-            with StopSignals() as job.stop:
-                return _epochs(config, job, data, recipe, schedule, files, state)
-    except BaseException:
-        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()
-        raise
+    run_dir = rundir.choose_run_dir(config.out, resume, config.model, config.data, context)
+    lock = RunDirLock(run_dir)  # rank 0 holds it for the job
+    if context.is_main and run_dir.is_dir():
+        lock.acquire()  # before anything reads or cleans the directory: another process may be training there
+    with lock:
+        rundir.check_run_dir(run_dir, resume)
+        checkpoint = open_resume(run_dir, config, clean=context.is_main) if resume else None
+        shape_model = meta_model(config)
+        # CIFAR keeps its native 32 px unless asked; folder images are cropped to the model's own size.
+        input_size = config.input_size or (
+            32
+            if parse_data_spec(config.data).kind != "folder"
+            else int(getattr(shape_model, "default_input_size", 224))
+        )
+        check_input_size(
+            shape_model, config.model, input_size, lambda: create_model(config.model, **config.model_kwargs)
+        )
+        created = context.is_main and not run_dir.exists()
+        try:
+            if context.is_main:
+                rundir.check_output_dir(run_dir, rundir.checkpoint_bytes(shape_model, config.ema))
+                lock.acquire()
+            with Determinism(config.deterministic, device):
+                quiet = config.quiet or not context.is_main  # one rank reports for the job
+                say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+                job = Job(device, context, ControlChannel(context), say)
+                data, recipe, schedule, files, state = _set_up(config, job, run_dir, input_size, resume, checkpoint)
+                # Only around the loop: during set-up there is nothing to save, and Ctrl-C should act at once.
+                with StopSignals() as job.stop:
+                    return _epochs(config, job, data, recipe, schedule, files, state)
+        except BaseException:
+            lock.release()  # removes the lock file, so a run that never started can leave no directory
+            if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+                run_dir.rmdir()
+            raise
 
 
 def _set_up(

@@ -27,11 +27,12 @@ __all__ = [
     "SUMMARY_COLUMNS",
     "TensorBoard",
     "check_output_dir",
+    "check_run_dir",
     "checkpoint_bytes",
+    "choose_run_dir",
     "clean_temporaries",
     "default_run_dir",
     "progress_bar",
-    "resolve_run_dir",
     "save_checkpoint",
     "write_args",
     "write_json",
@@ -59,18 +60,22 @@ def default_run_dir(model: str, data: str) -> Path:
     return Path("runs") / f"{model.replace(':', '-')}-{data.split(':', 1)[0]}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def resolve_run_dir(out: str | None, resume: str | Path | None, model: str, data: str, context: Any) -> Path:
+def choose_run_dir(out: str | None, resume: str | Path | None, model: str, data: str, context: Any) -> Path:
     """The run directory: --resume's, --out, or a new timestamped one (rank 0's name under torchrun)."""
     run_dir = Path(resume) if resume else Path(out) if out else default_run_dir(model, data)
-    if not resume and (run_dir / "last.pt").exists():
-        raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --out")
-    if resume and not (run_dir / "args.yaml").is_file():
-        raise ValueError(f"cannot resume {run_dir}: it has no args.yaml (is it a lightnets run directory?)")
     if context.enabled and out is None and not resume:
         from lightnets.distributed import broadcast_object
 
         run_dir = Path(str(broadcast_object(str(run_dir), context)))  # each rank would stamp its own time
     return run_dir
+
+
+def check_run_dir(run_dir: Path, resume: str | Path | None) -> None:
+    """A new run does not overwrite a run; a resumed one is a lightnets run directory."""
+    if not resume and (run_dir / "last.pt").exists():
+        raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --out")
+    if resume and not (run_dir / "args.yaml").is_file():
+        raise ValueError(f"cannot resume {run_dir}: it has no args.yaml (is it a lightnets run directory?)")
 
 
 def checkpoint_bytes(meta_model: nn.Module, ema: bool) -> int:
