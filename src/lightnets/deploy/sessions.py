@@ -276,10 +276,21 @@ class ExportedModel(nn.Module):
             if device != "cpu":
                 raise ValueError(f"{self.path} is an OpenVINO model, which lightnets runs on the CPU; use --device cpu")
             self.runtime = "openvino"
+            weights = self.path.with_suffix(".bin")
+            if not weights.is_file():
+                raise ValueError(
+                    f"OpenVINO model {self.path} has no {weights.name} beside it (its weights); keep the files that "
+                    "lightnets export wrote together, or export again"
+                )
             try:
                 compiled = openvino_compile(self.path, threads, precision)
             except Exception as error:
                 raise ValueError(f"OpenVINO cannot load {self.path}: {first_line(error)}") from None
+            if len(compiled.inputs) != 1 or not compiled.outputs:
+                raise ValueError(
+                    f"{self.path} is not a model lightnets exported: it has {len(compiled.inputs)} inputs and "
+                    f"{len(compiled.outputs)} outputs, where an image classifier has one of each"
+                )
             request = compiled.create_infer_request()
             self._run = lambda x: request.infer({0: x})[0]
             self.ran = openvino_ran(compiled)
