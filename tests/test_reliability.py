@@ -192,6 +192,27 @@ def test_killed_and_resumed_three_times_ends_bitwise_equal(tmp_path, monkeypatch
     assert_bitwise_equal(reference, resumed)
 
 
+def test_a_damaged_last_pt_falls_back_to_the_checkpoint_before_it(tmp_path, monkeypatch, capsys, reference) -> None:
+    # 2 epochs x 4 steps, last.pt every 3 steps and at epoch ends; dead after global step 7: last.pt is from step 6
+    # (1, 2) and previous.pt, the one before it, from the end of epoch 1 (1, 0).
+    config = tiny(tmp_path, ema=True, checkpoint_every=3)
+    run_dir, last = Path(config.out), Path(config.out) / "last.pt"
+    kill_after_steps(monkeypatch, 7)
+    with pytest.raises(Killed):
+        train(config)
+    previous = load_checkpoint(run_dir / "previous.pt")
+    assert (previous["epoch"], previous["step"]) == (1, 0)
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # cut short, as by a failing disk or copy
+    kill_after_steps(monkeypatch, None)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run_dir), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert f"checkpoint {last} is unreadable: a zip archive cut short" in err
+    assert f"resuming from {run_dir / 'previous.pt'} instead (epoch 2, step 1)" in err and len(err.splitlines()) == 1
+    assert (run_dir / "last.pt.damaged").is_file()
+    assert_bitwise_equal(reference, load_checkpoint(last))
+
+
 @pytest.mark.slow  # training subprocesses killed and resumed
 def test_sigkilled_subprocess_resumes_bitwise_equal(tmp_path, reference) -> None:
     config = tiny(tmp_path, ema=True, checkpoint_every=1)

@@ -430,6 +430,8 @@ def _save(job: Job, files: RunFiles, checkpoint: dict[str, Any], name: str) -> N
     if not job.is_main:
         return
     try:
+        if name == "last.pt":
+            rundir.keep_previous(files.run_dir / name)
         save_checkpoint(checkpoint, files.run_dir / name)
     except OSError as error:
         raise TrainingError(

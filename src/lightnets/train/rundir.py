@@ -24,6 +24,7 @@ from torch import nn
 from lightnets.files import atomic_path, atomic_write, remove_stale_temporaries
 
 __all__ = [
+    "PREVIOUS_NAME",
     "SUMMARY_COLUMNS",
     "TensorBoard",
     "check_output_dir",
@@ -32,6 +33,7 @@ __all__ = [
     "choose_run_dir",
     "clean_temporaries",
     "default_run_dir",
+    "keep_previous",
     "progress_bar",
     "save_checkpoint",
     "write_args",
@@ -78,10 +80,29 @@ def check_run_dir(run_dir: Path, resume: str | Path | None) -> None:
         raise ValueError(f"cannot resume {run_dir}: it has no args.yaml (is it a lightnets run directory?)")
 
 
+PREVIOUS_NAME = "previous.pt"  # the last.pt before the current one, kept in case last.pt is damaged
+
+
 def checkpoint_bytes(meta_model: nn.Module, ema: bool) -> int:
-    """About how many bytes last.pt and best.pt take: weights, (EMA weights,) momentum; then best weights."""
+    """About how many bytes the checkpoints take: last.pt and previous.pt (weights, (EMA weights,) momentum each),
+    then best.pt's weights."""
     weights = sum(t.numel() * t.element_size() for t in meta_model.state_dict().values())
-    return weights * ((4 if ema else 3) + 1)
+    return weights * (2 * (4 if ema else 3) + 1)
+
+
+def keep_previous(last: Path) -> None:
+    """Before ``last`` is replaced: keep the current one as previous.pt beside it, so that a last.pt damaged later
+    (a disk error, a copy cut short) still leaves a good checkpoint to resume from. A hard link, renamed into place:
+    no copy, and previous.pt is always a complete file."""
+    if not last.is_file():
+        return
+    previous = last.with_name(PREVIOUS_NAME)
+    with atomic_path(previous) as tmp:
+        try:
+            tmp.unlink(missing_ok=True)
+            os.link(last, tmp)
+        except OSError:  # a filesystem without hard links: copy
+            shutil.copyfile(last, tmp)
 
 
 def check_output_dir(run_dir: Path, need_bytes: int) -> None:

@@ -8,6 +8,9 @@ The learning rate is not state: it is a function of the global step (:func:`ligh
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,11 +20,12 @@ from torch import nn
 
 from lightnets.data import derive_seed
 from lightnets.distributed import DistContext
+from lightnets.files import atomic_path
 from lightnets.models import create_model
 from lightnets.models.checkpoint import CheckpointError, check_checkpoint, load_checkpoint, weights_fit_report
 from lightnets.train.config import TrainConfig
 from lightnets.train.optim import ModelEma, parameter_groups
-from lightnets.train.rundir import clean_temporaries
+from lightnets.train.rundir import PREVIOUS_NAME, clean_temporaries
 
 __all__ = [
     "TrainResult",
@@ -204,7 +208,24 @@ def open_resume(run_dir: Path, config: TrainConfig, clean: bool = True) -> dict[
     last = run_dir / "last.pt"
     if not last.exists():
         return None
-    checkpoint = load_checkpoint(last, map_location="cpu")
+    try:
+        checkpoint = load_checkpoint(last, map_location="cpu")
+    except CheckpointError as damage:
+        previous = run_dir / PREVIOUS_NAME
+        if not previous.is_file():
+            raise
+        checkpoint = load_checkpoint(previous, map_location="cpu")  # damaged too: that error, naming the file
+        if clean:  # rank 0: the damaged file is kept for a look, and previous.pt takes its place
+            kept = last.with_name("last.pt.damaged")
+            os.replace(last, kept)
+            with atomic_path(last) as tmp:
+                shutil.copyfile(previous, tmp)
+            print(
+                f"{damage}; resuming from {previous} instead (epoch {checkpoint['epoch'] + 1}, step "
+                f"{checkpoint.get('step', 0) + 1}), the checkpoint before it; the damaged file is now {kept}",
+                file=sys.stderr,
+            )
+        checkpoint["path"] = str(last)
     check_checkpoint(checkpoint, model_name=config.model, what=f"{run_dir / 'args.yaml'}")
     # Checkpoints before the lr was a function of the step also hold a "scheduler"; it is not needed.
     missing = [key for key in ("train_model", "optimizer", "rng", "epoch") if key not in checkpoint]
