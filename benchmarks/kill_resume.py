@@ -11,6 +11,9 @@ reference's loop time scaled by the steps left after the last checkpoint: some k
 most in the loop (mid-step, mid-evaluation or mid-checkpoint-write), spread over the whole run, and the run
 still has work left at the last one.
 
+Two more resumes (``--kill-points``) kill themselves at chosen moments instead: during evaluation, and in the
+middle of a checkpoint write (half a file in the temporary, then SIGKILL).
+
 It prints how many resumes completed (a resume completes when it either was still running when the next
 kill came or, the last one, finished with exit status 0) and whether the final last.pt is bitwise equal to
 the reference's: every tensor of the weights, the EMA weights and the optimizer's momenta, and the history.
@@ -36,6 +39,37 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "cifar-10-subset-python.tar.gz"
+
+
+# A resume that SIGKILLs itself at a chosen moment, instead of after a random delay: during evaluation (at its second
+# batch) or during a checkpoint write (half a file written into the temporary, then the kill). The library is
+# patched from outside, as a test would; nothing in lightnets knows about it.
+KILL_AT = """
+import os, signal, sys
+point, argv = sys.argv[1], sys.argv[2:]
+if point == "evaluation":
+    import lightnets.train.loop as loop
+    real_evaluate = loop.evaluate
+    def evaluate(model, batch_iter, *args, **kwargs):
+        def batches():
+            for index, batch in enumerate(batch_iter):
+                if index == 1:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                yield batch
+        return real_evaluate(model, batches(), *args, **kwargs)
+    loop.evaluate = evaluate
+elif point == "checkpoint-write":
+    import torch
+    def save(obj, handle, *args, **kwargs):
+        handle.write(b"PK\x03\x04" + bytes(4096))  # the start of a zip archive, cut short
+        handle.flush()
+        os.fsync(handle.fileno())
+        os.kill(os.getpid(), signal.SIGKILL)
+    torch.save = save
+from lightnets.cli import main
+sys.exit(main(argv))
+"""
+KILL_POINTS = ("evaluation", "checkpoint-write")
 
 
 def train_command(args: argparse.Namespace, out: Path) -> list[str]:
@@ -117,6 +151,12 @@ def run() -> int:
         help="intra-op threads of every training process (default 1: on a shared machine OpenMP's barriers stall "
         "whenever another process takes a core, and this figure is about equality, not speed)",
     )
+    parser.add_argument(
+        "--kill-points",
+        default=",".join(KILL_POINTS),
+        help="resumes that kill themselves at these moments, besides the random kills: evaluation, checkpoint-write "
+        "(comma-separated; '' for none). They take the 2nd, 4th, ... resume.",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--keep", type=Path, help="keep both run directories here (default: a temporary folder)")
     args = parser.parse_args()
@@ -145,18 +185,31 @@ def run() -> int:
     attempts: list[dict[str, Any]] = []
     resumes_ok = 0
     killed_began = time.monotonic()
-    for attempt in range(args.kills + 1):
+    points = [point for point in args.kill_points.split(",") if point]
+    unknown = sorted(set(points) - set(KILL_POINTS))
+    if unknown:
+        parser.error(f"unknown --kill-points {', '.join(unknown)}; choose from {', '.join(KILL_POINTS)}")
+    targeted = {2 * (index + 1): point for index, point in enumerate(points)}  # attempt -> kill point
+    random_kills_left = args.kills
+    for attempt in range(args.kills + len(points) + 1):
         resume = (killed_dir / "args.yaml").exists()  # else it died before it began: start it again
-        resume_command = [sys.executable, "-m", "lightnets", "train", "--resume", str(killed_dir), "--quiet"]
+        resume_args = ["train", "--resume", str(killed_dir), "--quiet"]
         before = position(killed_dir)
-        process = start(resume_command if resume else train_command(args, killed_dir), log, args.threads)
+        point = targeted.get(attempt) if resume else None
+        if point is not None:
+            command = [sys.executable, "-c", KILL_AT, point, *resume_args]
+        else:
+            command = [sys.executable, "-m", "lightnets", *resume_args] if resume else train_command(args, killed_dir)
+        process = start(command, log, args.threads)
         done_steps = 0 if before is None else before[0] * args.steps + before[1]
         remaining_s = loop_s * (1 - done_steps / (args.epochs * args.steps))
-        kills_left = args.kills - attempt
-        delay = rng.uniform(0.5 * setup_s, setup_s + 2 * remaining_s / (kills_left + 1)) if kills_left else None
+        delay = None
+        if point is None and random_kills_left:
+            delay = rng.uniform(0.5 * setup_s, setup_s + 2 * remaining_s / (random_kills_left + 1))
+            random_kills_left -= 1
         try:
             status = process.wait(timeout=delay)
-            killed = False
+            killed = status == -signal.SIGKILL  # a targeted resume kills itself
         except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGKILL)
             status = process.wait()
@@ -165,6 +218,7 @@ def run() -> int:
         record = {
             "attempt": attempt,
             "resume": resume,
+            "kill_point": point,
             "kill_after_s": None if delay is None else round(delay, 2),
             "killed": killed,
             "exit_status": status,
@@ -172,9 +226,10 @@ def run() -> int:
             "to_position": after,
         }
         attempts.append(record)
+        how = f"SIGKILL during {point}" if point else f"SIGKILL after {delay:5.1f} s" if killed else ""
         print(
             f"{'resume' if resume else 'start '} {attempt:2d}: "
-            + (f"SIGKILL after {delay:5.1f} s" if killed else f"exited with status {status}")
+            + (how if killed else f"exited with status {status}")
             + f", last.pt at (epoch, step) {before} -> {after}",
             flush=True,
         )
@@ -222,7 +277,7 @@ def run() -> int:
         }
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
         print(f"wrote {args.json}")
-    return 0 if equal and resumes_ok == resumes and kills == args.kills else 1
+    return 0 if equal and resumes_ok == resumes and kills == args.kills + len(points) else 1
 
 
 if __name__ == "__main__":
