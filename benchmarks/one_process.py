@@ -4,9 +4,10 @@ evaluate what it trained. Not a test; run it several times:
 
     for i in $(seq 10); do .venv/bin/python benchmarks/one_process.py || echo "run $i failed: $?"; done
 
-Before lightnets kept the thread's alternate signal stack around OpenVINO (issue 23), a process that did these
-three things could die of SIGSEGV when the torchrun child exited: OpenVINO's CPU plugin had left the stack
-pointing at freed memory, and the DataLoader's Python SIGCHLD handler could then not be run.
+It checks that the whole flow runs in one process; it is not a reproducer of issue 23's SIGSEGV: run once on the
+code before that fix, it also finished. The crash needs OpenVINO's CPU plugin to be loaded first by a short-lived
+``Core`` and released while faulthandler's signal stack is in place; tests/test_deploy.py's signal-stack test
+builds exactly that, and died with SIGSEGV on the code before the fix.
 """
 
 from __future__ import annotations
