@@ -5,9 +5,9 @@ evaluate what it trained. Not a test; run it several times:
     for i in $(seq 10); do .venv/bin/python benchmarks/one_process.py || echo "run $i failed: $?"; done
 
 It checks that the whole flow runs in one process; it is not a reproducer of issue 23's SIGSEGV: run once on the
-code before that fix, it also finished. The crash needs OpenVINO's CPU plugin to be loaded first by a short-lived
-``Core`` and released while faulthandler's signal stack is in place; tests/test_deploy.py's signal-stack test
-builds exactly that, and died with SIGSEGV on the code before the fix.
+code before that fix, it also finished. tests/test_deploy.py's signal-stack test is one (faulthandler on, a Python
+SIGCHLD handler, an OpenVINO INT8 benchmark, then a child process that exits): it died with SIGSEGV on the code
+before the fix and passes after it.
 """
 
 from __future__ import annotations
