@@ -1,10 +1,7 @@
-"""Datasets for training and evaluation: CIFAR-10/100 held in memory, image folders decoded on the fly.
-
-``load_dataset("cifar10")``, ``load_dataset("cifar100:PATH")`` or ``load_dataset("folder:PATH")`` returns a
-:class:`DataBundle`: the train and held-out splits, class names, normalization constants and image sizes.
-Every split yields uint8 images; normalization (and CIFAR's crop-and-flip, see :func:`random_crop_flip`)
-happens on the device in the training loop.
-"""
+"""Datasets for training and evaluation, re-exported from their modules: ``--data`` specs and
+:func:`load_dataset` (:mod:`~lightnets.data.datasets`), CIFAR held in memory (``cifar``), class folders decoded on
+the fly (``folder``, found by ``scan``, checked by ``checks``), augmentation (``augment``), the two batch paths
+(``batches``) and dataset statistics (``stats``)."""
 
 from __future__ import annotations
 
