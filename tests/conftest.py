@@ -26,9 +26,14 @@ REPRESENTATIVES = (
 )  # fmt: skip
 
 
-def every_model(names: list[str], fast: tuple[str, ...] = REPRESENTATIVES) -> list:
-    """``names`` as pytest parameters, those outside ``fast`` marked slow."""
-    return [pytest.param(name, marks=() if name in fast else pytest.mark.slow) for name in names]
+def every_model(items: list, fast: tuple[str, ...] = REPRESENTATIVES) -> list:
+    """``items`` (model names, or tuples of arguments ending with the name) as pytest parameters, those whose model
+    is outside ``fast`` marked slow."""
+    params = []
+    for item in items:
+        values = item if isinstance(item, tuple) else (item,)
+        params.append(pytest.param(*values, marks=() if values[-1] in fast else pytest.mark.slow))
+    return params
 
 
 def subset_config(run_dir: Path, model: str, **settings):

@@ -21,7 +21,7 @@ from lightnets.cli import main
 from lightnets.models.errors import CheckpointError
 from lightnets.train.loop import Preprocess
 
-from .conftest import REPRESENTATIVES, randomize_batchnorm, shared_file
+from .conftest import every_model, randomize_batchnorm, shared_file
 
 MANIFESTS = Path(__file__).resolve().parent / "manifests"
 FAMILIES = ("shufflenet_v1", "spgnet", "parnet", "asymmnet")
@@ -85,10 +85,7 @@ def test_manifests_cover_what_the_authors_code_builds():
     assert len(models["asymmnet"]) == 8
 
 
-@pytest.mark.parametrize(
-    ("family", "name"),
-    [pytest.param(*pair, marks=() if pair[1] in REPRESENTATIVES else pytest.mark.slow) for pair in manifest_models()],
-)
+@pytest.mark.parametrize(("family", "name"), every_model(manifest_models()))
 def test_converter_uses_every_key_once_and_round_trips(family, name):
     theirs = authors_state_dict(family, name)
     model = lightnets.create_model(name, **BUILD_KWARGS.get(family, {}))
