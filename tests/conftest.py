@@ -61,3 +61,14 @@ def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _pinned_speed(tmp_path_factory):
+    """Training runs in tests use the plain settings: a speed probe would add seconds to every run, and could pick
+    a different memory format for two runs that must match. The probe's own tests ask for it; the cache it writes
+    stays in a temporary folder (child processes inherit both)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LIGHTNETS_SPEED", "off")
+        patch.setenv("LIGHTNETS_CACHE", str(tmp_path_factory.mktemp("lightnets-cache")))
+        yield

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from lightnets.data import AUG_POLICIES, AugmentSpec, batch_augmentation, parse_data_spec
+from lightnets.train.speed import SPEED_MODES
 
 __all__ = [
     "TrainConfig",
@@ -27,6 +28,7 @@ __all__ = [
     "load_config_file",
     "load_run_config",
     "resolved_settings",
+    "speed_mode",
     "validate_config",
 ]
 
@@ -139,16 +141,29 @@ class TrainConfig:
     device: str = setting("auto", "auto (CUDA when present), cpu, cuda or cuda:N", lambda v: isinstance(v, str),
                           "auto, cpu, cuda or cuda:N")  # fmt: skip
     amp: bool | None = setting(
-        None, "bf16 autocast (unset: on for CUDA and for CPUs with native bf16, AVX512-BF16 or AMX, where it is "
-        "faster except for AsymmNet-Small)", _optional(lambda v: isinstance(v, bool)),
-        "true or false (or unset: on for CUDA and native-bf16 CPUs)",
+        None, "bf16 autocast (unset: chosen by --speed; under --speed off, on for CUDA and for CPUs with native "
+        "bf16, AVX512-BF16 or AMX)", _optional(lambda v: isinstance(v, bool)),
+        "true or false (or unset: chosen by --speed)",
     )  # fmt: skip
     amp_dtype: str = setting(
         "bfloat16", "float16 adds a GradScaler (CUDA only)", lambda v: v in ("bfloat16", "float16"),
         "bfloat16 or float16", metavar="{bfloat16,float16}",
     )  # fmt: skip
-    channels_last: bool = setting(False, "channels-last memory format")
-    compile: bool = setting(False, "torch.compile the model")
+    speed: str | None = setting(
+        None, "auto: before the first epoch, time a few steps of each candidate (channels-last, torch.compile where "
+        "the run repays it, bf16 where native) and keep the fastest, cached per model, batch and machine; probe: the "
+        "same, ignoring the cache; off: the plain settings (unset: $LIGHTNETS_SPEED, else auto). Explicit "
+        "--channels-last, --compile and --amp are not probed", _optional(lambda v: v in SPEED_MODES),
+        ", ".join(SPEED_MODES) + " (or unset)", metavar="{" + ",".join(SPEED_MODES) + "}",
+    )  # fmt: skip
+    channels_last: bool | None = setting(
+        None, "channels-last memory format (unset: chosen by --speed)", _optional(lambda v: isinstance(v, bool)),
+        "true or false (or unset: chosen by --speed)",
+    )  # fmt: skip
+    compile: bool | None = setting(
+        None, "torch.compile the model (unset: chosen by --speed)", _optional(lambda v: isinstance(v, bool)),
+        "true or false (or unset: chosen by --speed)",
+    )  # fmt: skip
     workers: int = setting(4, "DataLoader workers for folder datasets", _at_least(0), "an integer >= 0")
     sync_bn: bool = setting(False, "under torchrun on CUDA: BN statistics over the global batch (SyncBatchNorm)")
     # ---- the run
@@ -233,6 +248,7 @@ def validate_config(config: TrainConfig) -> None:
                 raise ValueError(f"invalid {flag(item.name)} {value!r}: expected true or false")
         elif not item.metadata["check"](value):
             raise ValueError(f"invalid {flag(item.name)} {value!r}: expected {item.metadata['valid']}")
+    speed_mode(config)  # refuses a bad $LIGHTNETS_SPEED before any data is read
     if config.nesterov and config.momentum == 0:
         raise ValueError("--nesterov needs a --momentum > 0 (expected a number in (0, 1)); or pass --no-nesterov")
     if parse_data_spec(config.data).kind != "folder":  # its error lists the valid forms
@@ -297,9 +313,19 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return normalized
 
 
-def resolved_settings(config: TrainConfig, device: Any, bundle: Any, world_size: int, amp: bool) -> dict[str, Any]:
-    """Everything that was decided, for args.yaml: the config with its unset values resolved, and the input size
-    and normalisation of ``bundle`` (the DataBundle trained on)."""
+def speed_mode(config: TrainConfig) -> str:
+    """--speed, else $LIGHTNETS_SPEED (a test suite or a batch system pins it once for every run), else auto."""
+    import os
+
+    mode = config.speed or os.environ.get("LIGHTNETS_SPEED") or "auto"
+    if mode not in SPEED_MODES:
+        raise ValueError(f"invalid LIGHTNETS_SPEED={mode!r}: expected {', '.join(SPEED_MODES)}")
+    return mode
+
+
+def resolved_settings(config: TrainConfig, device: Any, bundle: Any, world_size: int) -> dict[str, Any]:
+    """Everything that was decided, for args.yaml: the config with its unset values resolved (``config`` carries
+    the speed settings chosen), and the input size and normalisation of ``bundle`` (the DataBundle trained on)."""
     input_size = bundle.input_size
     resolved = asdict(config)
     resolved.update(
@@ -307,7 +333,7 @@ def resolved_settings(config: TrainConfig, device: Any, bundle: Any, world_size:
         std=list(bundle.std),
         device=str(device),
         lr=config.lr if config.lr is not None else config.lr_base * config.batch_size / 256,
-        amp=amp,
+        speed=speed_mode(config),
         input_size=input_size,
         global_batch_size=config.batch_size,
         world_size=world_size,

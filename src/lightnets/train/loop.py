@@ -16,6 +16,7 @@ DistributedDataParallel; metrics are all-reduced and rank 0 alone writes (see :m
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from torch import nn
 
 from lightnets.data import BadImageLog, TensorSplit, batch_augmentation, load_dataset, parse_data_spec
 from lightnets.data.batches import Preprocess, steps_per_epoch
-from lightnets.device import autocast_context, default_amp, resolve_device
+from lightnets.device import autocast_context, resolve_device
 from lightnets.distributed import (
     ControlChannel,
     DistContext,
@@ -38,7 +39,7 @@ from lightnets.evaluation import EvalResult, evaluate
 from lightnets.models import create_model
 from lightnets.models.checkpoint import check_checkpoint
 from lightnets.train import rundir
-from lightnets.train.config import TrainConfig, augment_spec, resolved_settings, validate_config
+from lightnets.train.config import TrainConfig, augment_spec, resolved_settings, speed_mode, validate_config
 from lightnets.train.lock import RunDirLock
 from lightnets.train.metrics import EpochSums, begin_sums, epoch_row, running_sums, show_progress
 from lightnets.train.optim import set_lr, warmup_cosine
@@ -65,6 +66,7 @@ from lightnets.train.signals import (
     position,
     stop_if_signalled,
 )
+from lightnets.train.speed import choose_speed
 from lightnets.train.state import (
     TrainResult,
     TrainState,
@@ -161,10 +163,15 @@ def _set_up(
         check_checkpoint(checkpoint, classes=list(bundle.classes), what=f"--data {config.data}")
     check_batch_size(config, len(bundle.train))
     bundle = normalized_bundle(config, bundle, checkpoint, job.control, job.say)  # --normalize's mean/std
-    use_amp = config.amp if config.amp is not None else default_amp(device)
-    settings = resolved_settings(config, device, bundle, context.world_size, use_amp)
     model_kwargs = {**config.model_kwargs, "num_classes": len(bundle.classes)}
-    state = build_state(config, model_kwargs, settings["lr"], use_amp, device, context)
+    steps = steps_per_epoch(len(bundle.train), config.batch_size, config.max_steps_per_epoch)
+    speed = run_speed(config, job, model_kwargs, input_size, steps * config.epochs)
+    # From here on the config says what runs; args.yaml records it, so --resume reads it back as given.
+    config = dataclasses.replace(config, channels_last=speed.channels_last, compile=speed.compile, amp=speed.amp)
+    settings = resolved_settings(config, device, bundle, context.world_size)
+    if speed.figures is not None:
+        settings["speed_probe"] = speed.figures
+    state = build_state(config, model_kwargs, settings["lr"], config.amp, device, context)
 
     train_split, val_split = bundle.train, bundle.val
     if isinstance(train_split, TensorSplit):  # the in-memory path: the whole split lives on the device
@@ -182,7 +189,6 @@ def _set_up(
         allow_empty_classes=config.allow_empty_classes,
         empty_classes_warned=set(bundle.empty_classes),  # warned about when the data was loaded
     )
-    steps = steps_per_epoch(len(train_split), config.batch_size, config.max_steps_per_epoch)
     total_steps = steps * config.epochs
     lr_factor = warmup_cosine(
         total_steps, min(total_steps, round(config.warmup_epochs * steps)), config.min_lr / settings["lr"]
@@ -201,7 +207,7 @@ def _set_up(
         forward=torch.compile(forward) if config.compile else forward,
         criterion=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
         preprocess=Preprocess(bundle.mean, bundle.std, bundle.input_size, config.channels_last).to(device),
-        amp=use_amp,
+        amp=config.amp,
         amp_dtype=getattr(torch, config.amp_dtype),
         nan_policy=config.nan_policy,
     )
@@ -222,6 +228,32 @@ def _set_up(
         if job.is_main:
             rundir.write_args(settings, run_dir)
     return data, recipe, schedule, files, state
+
+
+def run_speed(config: TrainConfig, job: Job, model_kwargs: dict[str, Any], input_size: int, planned_steps: int) -> Any:
+    """The channels-last, compile and bf16 settings this run uses (:mod:`lightnets.train.speed`): the explicit ones
+    as given, the rest probed, cached or plain as --speed says. Under torchrun every rank probes at once, sharing the
+    machine as they will in training, and all take rank 0's choice."""
+    fixed = {"channels_last": config.channels_last, "compile": config.compile, "amp": config.amp}
+    choice = choose_speed(
+        speed_mode(config),
+        fixed,
+        job.device,
+        model=config.model,
+        model_kwargs=model_kwargs,
+        model_factory=lambda: create_model(config.model, **model_kwargs),
+        batch=config.batch_size // job.context.world_size,
+        input_size=input_size,
+        num_classes=model_kwargs["num_classes"],
+        planned_steps=planned_steps,
+        world_size=job.context.world_size,
+        write_cache=job.is_main,
+    )
+    if job.context.enabled:
+        choice = job.control.gather(choice)[0]
+    if choice.message:
+        job.say(choice.message)
+    return choice
 
 
 def _epochs(
