@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import platform
+import re
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import torch
 __all__ = [
     "autocast_context",
     "cpu_features",
+    "cpu_fp32_peak",
     "cpu_has_native_bf16",
     "default_amp",
     "describe_cpu_features",
@@ -89,6 +92,45 @@ def device_name(device: str | torch.device = "cpu") -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def _cpu_ghz() -> tuple[float, str] | None:
+    """The clock: the kernel's maximum frequency, else the model name's "@ 2.45GHz", else /proc/cpuinfo's MHz."""
+    try:
+        khz = int(Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text())
+        return khz / 1e6, "cpuinfo_max_freq"
+    except (OSError, ValueError):
+        pass
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    named = re.search(r"model name\s*:.*@\s*([0-9.]+)\s*GHz", text)
+    if named:
+        return float(named.group(1)), "the model name"
+    mhz = [float(value) for value in re.findall(r"cpu MHz\s*:\s*([0-9.]+)", text)]
+    return (max(mhz) / 1e3, "/proc/cpuinfo's cpu MHz") if mhz else None
+
+
+def cpu_fp32_peak() -> tuple[float, str] | None:
+    """The CPU's fp32 multiply-accumulate peak in GMAC/s and the formula it came from, or None when the clock
+    cannot be read. Assumes two FMA units per core: 16 fp32 FMAs a cycle with AVX2 (8 lanes x 2), 32 with AVX-512
+    (16 x 2, as on Xeon Scalable; one-unit parts and AMD Zen 4, which splits AVX-512 into 256-bit halves, reach
+    half of that)."""
+    clock = _cpu_ghz()
+    if clock is None:
+        return None
+    ghz, source = clock
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    features = cpu_features()
+    lanes, isa = (16, "AVX-512") if "AVX-512" in features else (8, "AVX2") if "AVX2" in features else (4, "SSE")
+    per_cycle = 2 * lanes
+    peak = cores * per_cycle * ghz
+    formula = (
+        f"{cores} cores x {per_cycle} fp32 FMA per cycle ({isa}: {lanes} lanes x 2 FMA units) x {ghz:.2f} GHz "
+        f"(from {source}) = {peak:.0f} GMAC/s"
+    )
+    return peak, formula
 
 
 # ---------------------------------------------------------------------------------------------- device

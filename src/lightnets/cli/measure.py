@@ -173,7 +173,19 @@ def cmd_summary(args: argparse.Namespace) -> int:
     if args.input_size is not None:
         require(args.input_size, "--input-size", 1)
     kwargs = model_kwargs_from(args.model_arg)
-    print_model_summary(args.name, args.input_size, args.deploy, args.depth, args.num_classes, kwargs, args.markdown)
+    if args.num_classes is not None:
+        kwargs["num_classes"] = args.num_classes
+    if args.profile == "train":
+        from lightnets.device import resolve_device
+        from lightnets.measure.training_profile import print_training_profile
+
+        require(args.batch_size, "--batch-size", 1)
+        require(args.steps, "--steps", 1)
+        device = resolve_device(args.device)
+        print_training_profile(args.name, args.batch_size, args.input_size, args.steps, args.channels_last, args.amp,
+                               device, kwargs, args.markdown)  # fmt: skip
+        return 0
+    print_model_summary(args.name, args.input_size, args.deploy, args.depth, None, kwargs, args.markdown)
     return 0
 
 
@@ -186,4 +198,14 @@ def add_summary_parser(sub: argparse._SubParsersAction) -> None:
     summary.add_argument("--num-classes", dest="num_classes", type=int, help="classifier width (default: the form's)")
     summary.add_argument("--model-arg", dest="model_arg", action="append", metavar="KEY=VALUE", help="builder kwarg")
     summary.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    profile = summary.add_argument_group("where training time goes (--profile train)")
+    profile.add_argument(
+        "--profile", choices=["train"], help="instead of the module table: forward, backward and update time of a "
+        "training step per layer type, with GMAC/s against the CPU's peak (torch.profiler)",
+    )  # fmt: skip
+    profile.add_argument("--batch-size", dest="batch_size", type=int, default=64, help="(default 64)")
+    profile.add_argument("--steps", type=int, default=5, help="profiled steps, after 2 warm-up steps (default 5)")
+    profile.add_argument("--channels-last", dest="channels_last", action="store_true", help="channels-last memory")
+    profile.add_argument("--amp", action="store_true", help="bf16 autocast")
+    profile.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     summary.set_defaults(func=cmd_summary)
