@@ -44,7 +44,10 @@ __all__ = [
     "SPEED_MODES",
     "Candidate",
     "SpeedChoice",
+    "Timing",
+    "best_for_run",
     "candidate_step",
+    "candidates_for",
     "choose_speed",
     "speed_cache_path",
 ]
@@ -322,6 +325,11 @@ def _probe(
     return probe.timings(), probe.failed, not_tried, seconds
 
 
+def best_for_run(timings: dict[Candidate, Timing], planned_steps: int) -> Timing:
+    """The candidate that finishes ``planned_steps`` steps first, its compile time included."""
+    return min(timings.values(), key=lambda t: t.run_seconds(planned_steps))
+
+
 def _choice_line(
     best: Timing,
     timings: dict[Candidate, Timing],
@@ -397,7 +405,7 @@ def choose_speed(
         source += f" over {len(timings)} candidates"
         warning = _write_cache(cache_path, key, timings, failed, seconds) if write_cache else None
         source += f"; {warning}" if warning else f", cached in {cache_path}"
-    best = min(timings.values(), key=lambda t: t.run_seconds(planned_steps))
+    best = best_for_run(timings, planned_steps)
     figures = {
         "chosen": best.candidate.label(),
         "planned_steps": planned_steps,
