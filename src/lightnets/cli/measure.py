@@ -18,6 +18,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     args.models_given = args.models is not None
     args.models = args.models or "spgnet_s2p6"
+    args.backends_given = args.backends is not None
+    args.backends = args.backends or "eager,onnxruntime"
     if args.ops:
         from lightnets.measure.operators import operator_study
         from lightnets.measure.report import plot_operator_study
@@ -29,6 +31,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"wrote {json_path}, {csv_path} and {Path(args.out).with_suffix('.png')}")
         return 0
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()] if args.precisions else None
+    if args.pareto:
+        from lightnets.measure.pareto import pareto, write_pareto
+
+        backends = [b.strip() for b in args.backends.split(",") if b.strip()] if args.backends_given else None
+        models = expand_model_names(args.models) if args.models_given else None
+        result = pareto(models, backends, precisions, args.threads, args.min_run_time)
+        print(result.format(markdown=args.markdown))
+        if args.out:
+            print(f"wrote {', '.join(str(path) for path in write_pareto(result, args.out))}")
+        return 0
     if args.checkpoint and args.models_given:
         raise ValueError("--checkpoint benches the model it holds; drop --models")
     if args.data and not args.checkpoint and "int8" not in (precisions or []):
@@ -72,7 +84,11 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--batch-sizes", dest="batch_sizes", type=int_list, default=[1, 32], help="e.g. 1,32")
     bench.add_argument("--device", default="cpu", help="cpu or cuda")
     bench.add_argument("--threads", type=int, help="intra-op threads for PyTorch and ONNX Runtime")
-    bench.add_argument("--backends", default="eager,onnxruntime", help="eager,compile,onnxruntime,openvino")
+    bench.add_argument(
+        "--backends",
+        default=None,
+        help="eager,compile,onnxruntime,openvino (default eager,onnxruntime; with --pareto also openvino)",
+    )
     bench.add_argument(
         "--precisions", help="fp32,bf16,fp16,int8 (default: --dtype's); what cannot run here is skipped with the reason"
     )
@@ -86,6 +102,11 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="one precision")
     bench.add_argument("--min-run-time", dest="min_run_time", type=float, default=1.0, help="seconds per timing")
     bench.add_argument("--ops", action="store_true", help="operator study: dense vs grouped vs depthwise at equal MACs")
+    bench.add_argument(
+        "--pareto", action="store_true", help="every family's reference variants and the usual baselines at batch 1, "
+        "each on its fastest runtime x precision, against the ImageNet top-1 their papers report; the Pareto front "
+        "and a verdict per paper speed claim (--out PREFIX writes PREFIX.png, .md and .json)",
+    )  # fmt: skip
     bench.add_argument("--markdown", action="store_true")
     bench.add_argument("--out", help="results.json (a CSV is written beside it)")
     bench.set_defaults(func=cmd_bench)

@@ -15,7 +15,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["family_of", "plot_operator_study", "write_report"]
+__all__ = ["FAMILY_COLOURS", "family_of", "label_points", "plot_operator_study", "save_figure", "write_report"]
 
 FAMILY_COLOURS = {
     "SPGNet": "#d62728",
@@ -41,7 +41,7 @@ def family_of(name: str) -> str:
     return "other"
 
 
-def _save(figure: Figure, path: Path) -> None:
+def save_figure(figure: Figure, path: Path) -> None:
     FigureCanvasAgg(figure)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110, bbox_inches="tight")
@@ -61,7 +61,7 @@ def load_accuracies(run_dirs: Sequence[Path]) -> dict[str, float]:
     return accuracies
 
 
-def _label_points(axis, points: Sequence[tuple[float, float, str]]) -> None:
+def label_points(axis, points: Sequence[tuple[float, float, str]]) -> None:
     """Name every point, moving a label up or down a line at a time until it overlaps no label placed before.
 
     Call after the axis scales are set: overlap is judged in display pixels.
@@ -104,10 +104,10 @@ def plot_latency_vs_macs(rows: Sequence[dict[str, Any]], path: Path, title: str)
     axis.set(
         xscale="log", yscale="log", xlabel="MACs per image (M, log)", ylabel="median latency (ms, log)", title=title
     )
-    _label_points(axis, [(row["macs"] / 1e6, row["latency_ms_median"], row["model"]) for row in rows])
+    label_points(axis, [(row["macs"] / 1e6, row["latency_ms_median"], row["model"]) for row in rows])
     axis.grid(alpha=0.3, which="both")
     axis.legend(fontsize=8)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def plot_accuracy_vs_latency(
@@ -122,9 +122,9 @@ def plot_accuracy_vs_latency(
         axis.scatter(row["latency_ms_median"], accuracies[row["model"]], color=FAMILY_COLOURS.get(family, "black"))
     points = [(r["latency_ms_median"], accuracies[r["model"]], r["model"]) for r in rows if r["model"] in accuracies]
     axis.set(xscale="log", xlabel="median latency (ms, log)", ylabel="top-1 (%)", title=title)
-    _label_points(axis, points)
+    label_points(axis, points)
     axis.grid(alpha=0.3)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def plot_operator_study(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
@@ -150,7 +150,7 @@ def plot_operator_study(rows: Sequence[dict[str, Any]], path: str | Path) -> Non
     device = rows[0]["device"] if rows else ""
     threads = rows[0]["threads"] if rows else ""
     figure.suptitle(f"Operator speed per MAC on {device} ({threads} threads): higher is better", fontsize=10)
-    _save(figure, Path(path))
+    save_figure(figure, Path(path))
 
 
 def write_report(bench_files: Sequence[Path], out_dir: Path, run_dirs: Sequence[Path] = ()) -> Path:
