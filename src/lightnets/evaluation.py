@@ -164,7 +164,7 @@ def inference_model_from_checkpoint(state: dict[str, Any], model: nn.Module) -> 
         state["eval_resize"],
         tuple(state["mean"]),
         tuple(state["std"]),
-        bgr=False,
+        bgr=state.get("channel_order") == "BGR",
         loaded="a lightnets checkpoint",
         val_split=state.get("val_split"),
         seed=state.get("seed", 0),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
@@ -74,6 +75,10 @@ def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Modu
     ``features_only=True`` returns the backbone as a :class:`~lightnets.models.features.FeatureListNet` (its forward
     gives the list of feature maps at ``out_indices``, default all; ``feature_info`` says their channels and
     reductions), with any checkpoint loaded first. ``timm:`` names pass both to timm.
+
+    ``checkpoint=PATH, num_classes=N`` where the file's classifier has another size keeps every weight but the
+    classifier, which starts fresh for N classes (``pretrained_cfg["head"]`` says so): fine-tuning onto new classes.
+    Any other key that does not fit is still an error naming it.
     """
     features_only, out_indices = False, None
     if not name.startswith("timm:"):  # timm builds its own feature extractors from both
@@ -91,12 +96,32 @@ def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Modu
         kwargs = {**weights.model_kwargs, **kwargs}
     elif ema:
         raise ValueError("ema=True selects the EMA weights of a checkpoint; pass checkpoint=PATH too")
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
-    model = _build(name, **kwargs)
+    model = _build(name, **{**kwargs, **({"num_classes": num_classes} if num_classes is not None else {})})
     if weights is not None:
-        model = load_weights(model, weights)
+        try:
+            model = load_weights(model, weights)
+        except ValueError:
+            if num_classes is None:
+                raise
+            # Fine-tuning onto other classes: load into the file's own head, then give the model a new one.
+            model = _with_new_head(_build(name, **kwargs), weights, num_classes)
     return FeatureListNet(model, out_indices) if features_only else model
+
+
+def _with_new_head(model: nn.Module, weights: Any, num_classes: int) -> nn.Module:
+    """``model`` (built with the file's classifier) with ``weights`` loaded and a fresh classifier for
+    ``num_classes``; ``pretrained_cfg["head"]`` says so. Raises if the weights do not fit even so."""
+    model = load_weights(model, weights)
+    old = model.get_classifier()
+    name = next((qualified for qualified, module in model.named_modules() if module is old), "classifier")
+    before = getattr(model, "num_classes", None)
+    model.reset_classifier(num_classes)
+    model.classes = None  # the file's class names belong to its old head
+    model.pretrained_cfg = {
+        **getattr(model, "pretrained_cfg", {}),
+        "head": f"a new classifier '{name}' ({before} -> {num_classes} classes); every other weight is the file's",
+    }
+    return model
 
 
 def _build(name: str, **kwargs) -> nn.Module:

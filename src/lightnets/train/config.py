@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from lightnets.data import AUG_POLICIES, AugmentSpec, batch_augmentation, parse_data_spec
+from lightnets.train.finetune import FREEZE_MODES
 from lightnets.train.speed import SPEED_MODES
 
 __all__ = [
@@ -73,6 +74,12 @@ class TrainConfig:
         "spgnet_s2p6_cifar", "registered name, tv:NAME or timm:NAME", lambda v: isinstance(v, str) and bool(v.strip()),
         "a model name (see `lightnets models`)",
     )  # fmt: skip
+    weights: str | None = setting(
+        None, "start from these weights: any file create_model(checkpoint=) reads (a run directory or checkpoint, a "
+        "safetensors export, the authors' release formats); a classifier of another size than the data's classes "
+        "starts fresh, and the weights' preprocessing is the run's unless --normalize says otherwise",
+        _optional(_is_text), "a path",
+    )  # fmt: skip
     data: str = setting(
         "cifar10", "cifar10, cifar100, cifar10:PATH (archive or folder), folder:PATH", lambda v: isinstance(v, str),
         "cifar10, cifar100, cifar10:PATH, cifar100:PATH or folder:PATH",
@@ -89,7 +96,8 @@ class TrainConfig:
         _optional(lambda v: _number(v) and 0 < v < 1), "a fraction strictly between 0 and 1",
     )  # fmt: skip
     normalize: str = setting(
-        "auto", "input mean/std: auto (CIFAR's own constants for CIFAR, ImageNet's for folders), imagenet, or dataset "
+        "auto", "input mean/std: auto (the --weights' own; else CIFAR's constants for CIFAR, ImageNet's for folders), "
+        "imagenet, or dataset "
         "(measured on the training images before the first epoch, as `lightnets data stats` prints them); the "
         "numbers go into args.yaml and every checkpoint", lambda v: v in NORMALIZE_MODES, ", ".join(NORMALIZE_MODES),
         metavar="{" + ",".join(NORMALIZE_MODES) + "}",
@@ -132,6 +140,15 @@ class TrainConfig:
     )  # fmt: skip
     cutout: int = setting(0, "side of one square per image set to the mean (0: off)", _at_least(0),
                           "a side in pixels >= 0 (0: off)", metavar="N")  # fmt: skip
+    freeze: str = setting(
+        "none", "bn: BN statistics stay the --weights' (scale and shift still learn); backbone: only the classifier "
+        "learns, BN statistics frozen too (a linear probe)", lambda v: v in FREEZE_MODES, ", ".join(FREEZE_MODES),
+        metavar="{" + ",".join(FREEZE_MODES) + "}",
+    )  # fmt: skip
+    backbone_lr: float = setting(
+        1.0, "multiplies the lr of every weight but the classifier (e.g. 0.1 when fine-tuning from --weights)",
+        lambda v: _number(v) and v >= 0, "a number >= 0",
+    )  # fmt: skip
     ema: bool = setting(False, "evaluate and save an EMA of the weights")
     ema_decay: float = setting(
         0.9998, "per step, warmed up as in timm", lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)"
@@ -249,6 +266,12 @@ def validate_config(config: TrainConfig) -> None:
         elif not item.metadata["check"](value):
             raise ValueError(f"invalid {flag(item.name)} {value!r}: expected {item.metadata['valid']}")
     speed_mode(config)  # refuses a bad $LIGHTNETS_SPEED before any data is read
+    if config.weights is not None and not Path(config.weights).exists():
+        raise ValueError(
+            f"--weights {config.weights} does not exist; pass a checkpoint, a run directory or a weights file"
+        )
+    if config.freeze != "none" and config.weights is None:
+        raise ValueError(f"--freeze {config.freeze} keeps parts of the --weights unchanged; pass --weights PATH too")
     if config.nesterov and config.momentum == 0:
         raise ValueError("--nesterov needs a --momentum > 0 (expected a number in (0, 1)); or pass --no-nesterov")
     if parse_data_spec(config.data).kind != "folder":  # its error lists the valid forms

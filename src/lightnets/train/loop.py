@@ -40,6 +40,7 @@ from lightnets.models import create_model
 from lightnets.models.checkpoint import check_checkpoint
 from lightnets.train import rundir
 from lightnets.train.config import TrainConfig, augment_spec, resolved_settings, speed_mode, validate_config
+from lightnets.train.finetune import start_model
 from lightnets.train.lock import RunDirLock
 from lightnets.train.metrics import EpochSums, begin_sums, epoch_row, running_sums, show_progress
 from lightnets.train.optim import set_lr, warmup_cosine
@@ -162,8 +163,16 @@ def _set_up(
     if checkpoint is not None:
         check_checkpoint(checkpoint, classes=list(bundle.classes), what=f"--data {config.data}")
     check_batch_size(config, len(bundle.train))
-    bundle = normalized_bundle(config, bundle, checkpoint, job.control, job.say)  # --normalize's mean/std
     model_kwargs = {**config.model_kwargs, "num_classes": len(bundle.classes)}
+    start, weights_cfg = None, {}
+    if config.weights and checkpoint is not None:  # resuming: last.pt holds the weights and their preprocessing
+        weights_cfg = {key: checkpoint[key] for key in ("mean", "std", "channel_order") if key in checkpoint}
+    elif config.weights:
+        start, line = start_model(config.weights, config.model, model_kwargs)
+        weights_cfg = getattr(start, "pretrained_cfg", {})
+        job.say(line)
+    bundle = normalized_bundle(config, bundle, checkpoint, job.control, job.say, weights_cfg)  # --normalize's
+    channel_order = weights_cfg.get("channel_order", "RGB")
     steps = steps_per_epoch(len(bundle.train), config.batch_size, config.max_steps_per_epoch)
     speed = run_speed(config, job, model_kwargs, input_size, steps * config.epochs)
     # From here on the config says what runs; args.yaml records it, so --resume reads it back as given.
@@ -171,7 +180,7 @@ def _set_up(
     settings = resolved_settings(config, device, bundle, context.world_size)
     if speed.figures is not None:
         settings["speed_probe"] = speed.figures
-    state = build_state(config, model_kwargs, settings["lr"], config.amp, device, context)
+    state = build_state(config, model_kwargs, settings["lr"], config.amp, device, context, start)
 
     train_split, val_split = bundle.train, bundle.val
     if isinstance(train_split, TensorSplit):  # the in-memory path: the whole split lives on the device
@@ -206,12 +215,14 @@ def _set_up(
     recipe = StepRecipe(
         forward=torch.compile(forward) if config.compile else forward,
         criterion=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
-        preprocess=Preprocess(bundle.mean, bundle.std, bundle.input_size, config.channels_last).to(device),
+        preprocess=Preprocess(
+            bundle.mean, bundle.std, bundle.input_size, config.channels_last, bgr=channel_order == "BGR"
+        ).to(device),
         amp=config.amp,
         amp_dtype=getattr(torch, config.amp_dtype),
         nan_policy=config.nan_policy,
     )
-    files = RunFiles(run_dir, checkpoint_meta(config, model_kwargs, bundle))
+    files = RunFiles(run_dir, checkpoint_meta(config, model_kwargs, bundle, channel_order))
     if checkpoint is not None:
         restore_state(state, checkpoint, config, device, context)
         data.bad_images.paths = dict(state.skipped_images)

@@ -13,13 +13,25 @@ from torch import nn
 __all__ = ["ModelEma", "parameter_groups", "set_lr", "warmup_cosine"]
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on conv and linear weights only; BN parameters and biases (1-D) are not decayed."""
-    decay, no_decay = [], []
+def parameter_groups(model: nn.Module, weight_decay: float, backbone_lr: float = 1.0) -> list[dict[str, Any]]:
+    """Weight decay on conv and linear weights only; BN parameters and biases (1-D) are not decayed. Frozen
+    parameters are left out. With ``backbone_lr`` other than 1, every weight but the classifier's is in groups whose
+    ``lr_scale`` is ``backbone_lr`` (:func:`set_lr` applies it)."""
+    from lightnets.train.finetune import classifier_parameters
+
+    head = {id(p) for p in classifier_parameters(model)} if backbone_lr != 1.0 else set()
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for parameter in model.parameters():
         if parameter.requires_grad:
-            (no_decay if parameter.ndim <= 1 else decay).append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            groups.setdefault((id(parameter) in head, parameter.ndim > 1), []).append(parameter)
+    result = []
+    for is_head in (False, True) if head else (False,):
+        for decays in (True, False):
+            group = {"params": groups.get((is_head, decays), []), "weight_decay": weight_decay if decays else 0.0}
+            if head:
+                group["lr_scale"] = 1.0 if is_head else backbone_lr
+            result.append(group)
+    return result
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> Callable[[int], float]:
@@ -40,7 +52,7 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 class ModelEma:

@@ -193,15 +193,23 @@ def check_classes_read(data: RunData, job: Job, epoch: int) -> None:
 
 
 def normalized_bundle(
-    config: TrainConfig, bundle: DataBundle, checkpoint: dict[str, Any] | None, control: ControlChannel, say: Callable
+    config: TrainConfig,
+    bundle: DataBundle,
+    checkpoint: dict[str, Any] | None,
+    control: ControlChannel,
+    say: Callable,
+    weights_cfg: dict[str, Any] | None = None,
 ) -> DataBundle:
-    """``bundle`` with the mean and std ``--normalize`` chose: auto keeps the dataset kind's defaults, imagenet sets
-    ImageNet's, dataset measures the training images (:func:`lightnets.data.stats.channel_stats`) once, on rank 0,
-    which hands its numbers to every rank. A resumed run reuses its checkpoint's numbers rather than measuring again.
+    """``bundle`` with the mean and std ``--normalize`` chose: auto keeps the dataset kind's defaults, or the
+    ``--weights``' own (``weights_cfg``, their ``pretrained_cfg``); imagenet sets ImageNet's; dataset measures the
+    training images (:func:`lightnets.data.stats.channel_stats`) once, on rank 0, which hands its numbers to every
+    rank. A resumed run reuses its checkpoint's numbers rather than measuring again.
     """
     from lightnets.data.stats import channel_stats, with_normalization
 
     if config.normalize == "auto":
+        if weights_cfg and "mean" in weights_cfg:
+            return with_normalization(bundle, weights_cfg["mean"], weights_cfg["std"], augment_spec(config))
         return bundle
     if config.normalize == "imagenet":
         mean, std = IMAGENET_MEAN, IMAGENET_STD

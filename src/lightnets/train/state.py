@@ -24,6 +24,7 @@ from lightnets.files import atomic_path
 from lightnets.models import create_model
 from lightnets.models.checkpoint import CheckpointError, check_checkpoint, load_checkpoint, weights_fit_report
 from lightnets.train.config import TrainConfig
+from lightnets.train.finetune import freeze
 from lightnets.train.optim import ModelEma, parameter_groups
 from lightnets.train.rundir import PREVIOUS_NAME, clean_temporaries
 
@@ -129,10 +130,17 @@ class TrainState:
 
 
 def build_state(
-    config: TrainConfig, model_kwargs: dict[str, Any], lr: float, use_amp: bool, device: torch.device, context: Any
+    config: TrainConfig,
+    model_kwargs: dict[str, Any],
+    lr: float,
+    use_amp: bool,
+    device: torch.device,
+    context: Any,
+    start: nn.Module | None = None,
 ) -> TrainState:
-    """A fresh model, optimizer, scaler and EMA. The caller has seeded torch: the weights follow from the seed."""
-    model = create_model(config.model, **model_kwargs).to(device)
+    """A fresh model (or ``start``, the model --weights built), optimizer, scaler and EMA, with --freeze applied.
+    The caller has seeded torch: fresh weights follow from the seed."""
+    model = (start if start is not None else create_model(config.model, **model_kwargs)).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if context.enabled and config.sync_bn:
@@ -141,17 +149,24 @@ def build_state(
         # Same initial weights on every rank (DDP broadcasts rank 0's anyway), but each rank's own stream from
         # here on: otherwise every rank would draw the same dropout masks for its slice.
         torch.manual_seed(derive_seed(config.seed, context.rank))
+    freeze(model, config.freeze)
     float16 = use_amp and config.amp_dtype == "float16" and device.type == "cuda"
     optimizer = torch.optim.SGD(
-        parameter_groups(model, config.weight_decay), lr=lr, momentum=config.momentum, nesterov=config.nesterov
+        parameter_groups(model, config.weight_decay, config.backbone_lr),
+        lr=lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
     )
     ema = ModelEma(model, config.ema_decay) if config.ema else None
     return TrainState(model, optimizer, torch.amp.GradScaler("cuda", enabled=float16), ema)
 
 
-def checkpoint_meta(config: TrainConfig, model_kwargs: dict[str, Any], bundle: Any) -> dict[str, Any]:
+def checkpoint_meta(
+    config: TrainConfig, model_kwargs: dict[str, Any], bundle: Any, channel_order: str = "RGB"
+) -> dict[str, Any]:
     """What eval and predict need, in every checkpoint: the model, its classes and its preprocessing."""
     return {
+        "channel_order": channel_order,
         "model_name": config.model,
         "model_kwargs": model_kwargs,
         "classes": list(bundle.classes),
