@@ -25,6 +25,23 @@ def cmd_models(args: argparse.Namespace) -> int:
     from lightnets.measure.counting import print_model_table
     from lightnets.models.registry import expand_model_names
 
+    if args.pretrained:
+        from lightnets.models.pretrained import list_pretrained, pretrained_cfg
+        from lightnets.tables import format_table
+
+        names = [name for pattern in args.pattern.split(",") for name in list_pretrained(pattern.strip())]
+        if not names:
+            print(f"no model matching {args.pattern!r} has weights in lightnets yet")
+            return 0
+        headers = ["model", "dataset", "top-1", "epochs", "recipe", "trained on", "file"]
+        rows = []
+        for name in names:
+            cfg = pretrained_cfg(name)
+            rows.append([name, cfg.get("dataset", "-"), f"{cfg['top1']:.2f}%" if "top1" in cfg else "-",
+                         str(cfg.get("epochs", "-")), cfg.get("recipe", "-"), cfg.get("hardware", "-"),
+                         cfg.get("file") or cfg.get("url", "-")])  # fmt: skip
+        print(format_table(headers, rows, markdown=args.markdown))
+        return 0
     print_model_table(expand_model_names(args.pattern), args.input_size, args.num_classes, args.markdown)
     return 0
 
@@ -82,8 +99,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     require(args.batch_size, "--batch-size", 1)
     require(args.workers, "--workers", 0)
+    checkpoint = args.checkpoint
+    if args.pretrained:
+        from lightnets.models.pretrained import pretrained_path
+
+        if checkpoint or not args.model:
+            raise ValueError(
+                "--pretrained evaluates the weights shipped for --model NAME: pass --model, not --checkpoint"
+            )
+        checkpoint = pretrained_path(args.model)
+    elif not checkpoint:
+        raise ValueError("pass --checkpoint PATH (or --model NAME --pretrained for the weights lightnets ships)")
     evaluate_checkpoint(
-        args.checkpoint,
+        checkpoint,
         args.data,
         split=args.split,
         batch_size=args.batch_size,
@@ -141,7 +169,11 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
 
 def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
     evaluate = sub.add_parser("eval", help="top-1/top-5, per-class accuracy and confusion of a checkpoint")
-    evaluate.add_argument("--checkpoint", required=True, help="a .pt file (or a run directory: its best.pt)")
+    evaluate.add_argument("--checkpoint", help="a .pt file (or a run directory: its best.pt)")
+    evaluate.add_argument(
+        "--pretrained", action="store_true", help="the weights lightnets ships for --model (`lightnets models "
+        "--pretrained` lists them)",
+    )  # fmt: skip
     add_foreign_weights_flags(evaluate)
     evaluate.add_argument("--data", required=True, help="dataset spec, as for train")
     evaluate.add_argument("--data-root", dest="data_root")
@@ -205,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--input-size", type=int, default=None, help="square input size (default: the model's)")
     models.add_argument("--num-classes", type=int, default=None, help="classifier width (default: the form's)")
     models.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    models.add_argument(
+        "--pretrained", action="store_true", help="only the models with weights in lightnets, with their dataset, "
+        "top-1 and recipe",
+    )  # fmt: skip
     models.set_defaults(func=cmd_models)
 
     add_train_parser(sub)

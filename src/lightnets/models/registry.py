@@ -10,6 +10,8 @@ from typing import Any
 from torch import nn
 
 from lightnets.models.features import FeatureListNet
+from lightnets.models.pretrained import describe as describe_pretrained
+from lightnets.models.pretrained import pretrained_path
 from lightnets.models.weights import load_weights, read_weights
 
 _MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
@@ -76,6 +78,10 @@ def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Modu
     gives the list of feature maps at ``out_indices``, default all; ``feature_info`` says their channels and
     reductions), with any checkpoint loaded first. ``timm:`` names pass both to timm.
 
+    ``pretrained=True`` loads the weights lightnets ships for ``name`` (``lightnets.models.pretrained``; sha256
+    checked, nothing downloaded unless the entry points elsewhere), and ``pretrained_cfg`` then also records their
+    dataset, top-1, recipe, epochs and hardware.
+
     ``checkpoint=PATH, num_classes=N`` where the file's classifier has another size keeps every weight but the
     classifier, which starts fresh for N classes (``pretrained_cfg["head"]`` says so): fine-tuning onto new classes.
     Any other key that does not fit is still an error naming it.
@@ -89,6 +95,13 @@ def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Modu
             raise ValueError(f"{name} has no feature_info: features_only=True takes a lightnets name or timm:NAME")
     checkpoint = kwargs.pop("checkpoint", None)
     ema = bool(kwargs.pop("ema", False))
+    pretrained = bool(kwargs.pop("pretrained", False))
+    if pretrained:
+        if checkpoint is not None:
+            raise ValueError(
+                "pretrained=True loads the weights lightnets ships; checkpoint=PATH loads a file: pass one"
+            )
+        checkpoint = pretrained_path(name)
     weights = None
     if checkpoint is not None:
         weights = read_weights(checkpoint, ema=ema)
@@ -105,6 +118,8 @@ def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Modu
                 raise
             # Fine-tuning onto other classes: load into the file's own head, then give the model a new one.
             model = _with_new_head(_build(name, **kwargs), weights, num_classes)
+    if pretrained:
+        model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), **describe_pretrained(name)}
     return FeatureListNet(model, out_indices) if features_only else model
 
 
