@@ -40,6 +40,7 @@ from torch import nn
 
 from lightnets.device import cpu_features, cpu_fp32_peak, default_amp, describe_cpu_features, device_name
 from lightnets.measure.counting import count_macs
+from lightnets.measure.training_profile import profile_training
 from lightnets.models import create_model
 from lightnets.train.speed import Timing, best_for_run, candidate_step, candidates_for
 
@@ -128,6 +129,21 @@ def measure(
     train_gmac = 3 * forward_macs * batch / 1e9
     peak = cpu_fp32_peak()
     chosen_s, authors_s = chosen.step_seconds, median["authors, plain"]
+    target = 3.0 if default_amp(CPU) else 2.0
+    limit = None
+    if authors_s / chosen_s < target:
+        # What holds it back: the layer type that takes the largest share of an (eager) step under the chosen
+        # memory format and precision, with the GMAC/s it reaches.
+        profile = profile_training(create_model(ours, num_classes=classes), name=ours, batch=batch, input_size=size,
+                                   steps=2, warmup=1, channels_last=chosen.candidate.channels_last,
+                                   amp=chosen.candidate.amp)  # fmt: skip
+        total = sum(row.total_ms for row in profile.rows)
+        limit = []
+        for row in profile.rows[:3]:
+            rate = row.macs / 1e9 / (row.total_ms / 1e3) if row.macs else None
+            limit.append({"kind": row.kind, "share": round(row.total_ms / total, 3),
+                          "gmac_per_s": round(rate, 1) if rate else None,
+                          "of_peak": round(rate / peak[0], 3) if rate and peak else None})  # fmt: skip
     return {
         "family": family,
         "form": form,
@@ -146,6 +162,8 @@ def measure(
         "lightnets_gmac_per_s": round(train_gmac / chosen_s, 1),
         "authors_gmac_per_s": round(train_gmac / authors_s, 1),
         "share_of_peak": round(train_gmac / chosen_s / peak[0], 3) if peak else None,
+        "target": target,
+        "limited_by": limit,
     }
 
 
@@ -168,6 +186,24 @@ def markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
             f"| {r['family']} | {r['form']} | `{r['model']}` | {r['plain_contender']} | {r['authors_img_per_s']} | "
             f"{r['lightnets_img_per_s']} | {r['chosen']} | {r['ratio']}x | {r['lightnets_gmac_per_s']} | {share} |"
         )
+    short = [r for r in rows if r["limited_by"]]
+    if short:
+        lines += ["", f"## Below the target ({rows[0]['target']:.0f}x on this CPU): what limits them", ""]
+        lines.append(
+            "The three layer types with the largest share of an eager training step under the chosen memory "
+            "format and precision (`lightnets summary NAME --profile train`), with the GMAC/s each reaches:"
+        )
+        lines.append("")
+        for r in short:
+            parts = []
+            for item in r["limited_by"]:
+                rate = (
+                    f", {item['gmac_per_s']} GMAC/s ({100 * item['of_peak']:.0f}% of peak)"
+                    if item["gmac_per_s"]
+                    else ""
+                )
+                parts.append(f"{item['kind']} {100 * item['share']:.0f}%{rate}")
+            lines.append(f"- `{r['model']}` ({r['form']}, {r['ratio']}x): " + "; ".join(parts))
     return "\n".join(lines) + "\n"
 
 
