@@ -1,7 +1,8 @@
 """Training speed: lightnets' ``--speed auto`` step against the step a user of the authors' code runs.
 
-For each family, at the 224 ImageNet form (batch 64) and at its CIFAR default (batch 256, ``lightnets train``'s
-default batch), this script times, in one process, the contenders taking turns step by step:
+For each family, at the 224 ImageNet form and at its CIFAR default (batch 64 for both by default: ParNet-S's
+CIFAR form does 1.7 GMAC a forward pass, so a step at batch 256 takes about a minute on 2 cores), this script
+times, in one process, the contenders taking turns step by step:
 
 - **authors, plain**: a training step of the authors' own model, built from their released code (imported at run
   time from ``--authors-dir``, as ``authors_compare.py`` does), in plain PyTorch: eager, float32, contiguous
@@ -184,7 +185,8 @@ def markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
         share = f"{100 * r['share_of_peak']:.0f}%" if r["share_of_peak"] is not None else "-"
         lines.append(
             f"| {r['family']} | {r['form']} | `{r['model']}` | {r['plain_contender']} | {r['authors_img_per_s']} | "
-            f"{r['lightnets_img_per_s']} | {r['chosen']} | {r['ratio']}x | {r['lightnets_gmac_per_s']} | {share} |"
+            f"{r['lightnets_img_per_s']} | {r['chosen']}{'' if r['compile_tried'] else ' (compile not tried)'} | "
+            f"{r['ratio']}x | {r['lightnets_gmac_per_s']} | {share} |"
         )
     short = [r for r in rows if r["limited_by"]]
     if short:
@@ -213,7 +215,7 @@ def main() -> None:
     parser.add_argument("--families", default=",".join(CIFAR_DEFAULTS), help="comma-separated")
     parser.add_argument("--forms", default="cifar,224", help="cifar and/or 224")
     parser.add_argument("--batch-224", type=int, default=64)
-    parser.add_argument("--batch-cifar", type=int, default=256)
+    parser.add_argument("--batch-cifar", type=int, default=64)
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per contender (a compile happens here)")
     parser.add_argument("--rounds", type=int, default=4, help="timed steps per contender, taking turns")
     parser.add_argument(
@@ -221,6 +223,10 @@ def main() -> None:
         "epochs at batch 256)",
     )  # fmt: skip
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="leave compile out")
+    parser.add_argument(
+        "--no-compile-at", default="", help="family:form pairs to time without the compiled candidates, e.g. "
+        "parnet:224 (ParNet-S takes about a minute a step at 224 on 2 cores)",
+    )  # fmt: skip
     parser.add_argument("--json")
     parser.add_argument("--markdown")
     args = parser.parse_args()
@@ -240,15 +246,18 @@ def main() -> None:
     }
     print(f"{header['cpu']}: {header['features']}; peak {header['peak']}", flush=True)
     rows = []
+    no_compile_at = {pair.strip() for pair in args.no_compile_at.split(",") if pair.strip()}
     for family in args.families.split(","):
         for form in args.forms.split(","):
+            use_compile = args.compile and f"{family}:{form}" not in no_compile_at
             if form == "224":
                 ours, build = builders[family]
                 row = measure(family, form, lambda build=build: build(root), ours, args.batch_224, 224,
-                              args.planned_steps, args.warmup, args.rounds, args.compile)  # fmt: skip
+                              args.planned_steps, args.warmup, args.rounds, use_compile)  # fmt: skip
             else:
                 row = measure(family, form, None, CIFAR_DEFAULTS[family], args.batch_cifar, 32, args.planned_steps,
-                              args.warmup, args.rounds, args.compile)  # fmt: skip
+                              args.warmup, args.rounds, use_compile)  # fmt: skip
+            row["compile_tried"] = use_compile
             print(json.dumps({k: row[k] for k in ("model", "img_per_s", "chosen", "ratio")}), flush=True)
             rows.append(row)
             if args.json:  # after every row: a long run keeps what it measured
