@@ -224,8 +224,8 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="leave compile out")
     parser.add_argument(
-        "--no-compile-at", default="", help="family:form pairs to time without the compiled candidates, e.g. "
-        "parnet:224 (ParNet-S takes about a minute a step at 224 on 2 cores)",
+        "--light-at", default="", help="family:form pairs timed with 1 warm-up step, 2 rounds and no compiled "
+        "candidates, e.g. parnet:224 (ParNet-S takes about a minute a step at 224 on 2 cores)",
     )  # fmt: skip
     parser.add_argument("--json")
     parser.add_argument("--markdown")
@@ -246,17 +246,20 @@ def main() -> None:
     }
     print(f"{header['cpu']}: {header['features']}; peak {header['peak']}", flush=True)
     rows = []
-    no_compile_at = {pair.strip() for pair in args.no_compile_at.split(",") if pair.strip()}
+    light = {pair.strip() for pair in args.light_at.split(",") if pair.strip()}
     for family in args.families.split(","):
         for form in args.forms.split(","):
-            use_compile = args.compile and f"{family}:{form}" not in no_compile_at
+            is_light = f"{family}:{form}" in light
+            use_compile = args.compile and not is_light
+            warmup, rounds = (1, 2) if is_light else (args.warmup, args.rounds)
             if form == "224":
                 ours, build = builders[family]
                 row = measure(family, form, lambda build=build: build(root), ours, args.batch_224, 224,
-                              args.planned_steps, args.warmup, args.rounds, use_compile)  # fmt: skip
+                              args.planned_steps, warmup, rounds, use_compile)  # fmt: skip
             else:
                 row = measure(family, form, None, CIFAR_DEFAULTS[family], args.batch_cifar, 32, args.planned_steps,
-                              args.warmup, args.rounds, use_compile)  # fmt: skip
+                              warmup, rounds, use_compile)  # fmt: skip
+            row["rounds"] = rounds
             row["compile_tried"] = use_compile
             print(json.dumps({k: row[k] for k in ("model", "img_per_s", "chosen", "ratio")}), flush=True)
             rows.append(row)
