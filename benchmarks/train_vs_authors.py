@@ -27,7 +27,6 @@ Nothing else may run on the machine meanwhile: the ratios are only as good as th
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import sys
@@ -53,14 +52,6 @@ CIFAR_DEFAULTS = {
     "parnet": "parnet_s_cifar",
     "asymmnet": "asymmnet_large_x1_0_cifar",
 }
-
-
-def _authors_compare() -> Any:
-    spec = importlib.util.spec_from_file_location("authors_compare", HERE / "authors_compare.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["authors_compare"] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def plain_step(model: nn.Module, batch: int, size: int, classes: int) -> Callable[[], None]:
@@ -231,7 +222,9 @@ def main() -> None:
     parser.add_argument("--markdown")
     args = parser.parse_args()
 
-    compare = _authors_compare()
+    sys.path.insert(0, str(HERE))  # authors_compare.py beside this script builds the authors' models
+    import authors_compare as compare
+
     builders = {family.key: (family.ours, family.build) for family in compare.FAMILIES}
     root = Path(args.authors_dir)
     peak = cpu_fp32_peak()

@@ -45,6 +45,27 @@ def subset_config(run_dir: Path, model: str, **settings):
     return TrainConfig(**{"model": model, "data": data, "quiet": True, "workers": 0, "out": str(run_dir), **settings})
 
 
+class Killed(BaseException):
+    """Stands in for SIGKILL inside the test process: nothing after it runs, no handler sees it."""
+
+
+def kill_after_steps(monkeypatch: pytest.MonkeyPatch, count: int | None) -> None:
+    """Make the next run die (as if SIGKILLed) right after its ``count``-th step in this process (None: live)."""
+    import lightnets.train.loop as training
+
+    original = getattr(training.train_step, "original", training.train_step)
+    calls = {"n": 0}
+
+    def step(*args, **kwargs):
+        original(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == count:
+            raise Killed
+
+    step.original = original
+    monkeypatch.setattr(training, "train_step", step)
+
+
 def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
     """Give every BN non-trivial statistics so that fusion checks are not vacuous."""
     generator = torch.Generator().manual_seed(seed)

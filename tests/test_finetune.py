@@ -10,13 +10,12 @@ import pytest
 import torch
 
 import lightnets
-import lightnets.train.loop as training
 from lightnets.cli import main
 from lightnets.models.checkpoint import load_checkpoint
 from lightnets.train.config import load_run_config
 from lightnets.train.loop import train
 
-from .conftest import randomize_batchnorm, shared_file, subset_config
+from .conftest import Killed, kill_after_steps, randomize_batchnorm, shared_file, subset_config
 from .test_authors_weights import as_authors
 
 MODEL = "shufflenet_v1_g3_x0_5_cifar"
@@ -133,21 +132,10 @@ def test_the_authors_preprocessing_reaches_eval_and_export(tmp_path, capsys) -> 
 def test_a_fine_tune_resumes_bitwise(tmp_path, source, monkeypatch) -> None:
     flags = ("--weights", str(source), "--freeze", "bn", "--backbone-lr", "0.1", "--epochs", "2", "--deterministic")
     assert main(bees(tmp_path, "reference", *flags)) == 0
-    original, calls = training.train_step, {"n": 0}
-
-    class Killed(BaseException):
-        pass
-
-    def step(*args, **kwargs):
-        original(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise Killed
-
-    monkeypatch.setattr(training, "train_step", step)
+    kill_after_steps(monkeypatch, 4)
     with pytest.raises(Killed):
         main(bees(tmp_path, "resumed", *flags))
-    monkeypatch.setattr(training, "train_step", original)
+    kill_after_steps(monkeypatch, None)
     resumed = load_run_config(tmp_path / "resumed")
     assert (resumed.weights, resumed.freeze, resumed.backbone_lr) == (str(source), "bn", 0.1)
     assert main(["train", "--resume", str(tmp_path / "resumed"), "--quiet"]) == 0

@@ -41,15 +41,11 @@ from lightnets.train.optim import warmup_cosine
 from lightnets.train.rundir import save_checkpoint
 from lightnets.train.signals import NonFiniteLossError, TrainingError, TrainingInterrupted
 
-from .conftest import shared_file, subset_config
+from .conftest import Killed, kill_after_steps, shared_file, subset_config
 
 SUBSET = "cifar-10-subset-python.tar.gz"
 MODEL = "asymmnet_small_x0_35_cifar"  # has dropout, so the RNG state is part of what a resume must restore
 REPO = Path(__file__).resolve().parents[1]
-
-
-class Killed(BaseException):
-    """Stands in for SIGKILL inside the test process: nothing after it runs, no handler sees it."""
 
 
 def tiny(tmp_path: Path, name: str = "run", **overrides) -> TrainConfig:
@@ -64,20 +60,6 @@ def cli_args(config: TrainConfig) -> list[str]:
     args += ["--max-steps-per-epoch", str(config.max_steps_per_epoch), "--val-split", str(config.val_split)]
     args += ["--workers", str(config.workers), "--checkpoint-every", str(config.checkpoint_every), "--quiet"]
     return args + (["--deterministic"] if config.deterministic else []) + (["--ema"] if config.ema else [])
-
-
-def kill_after_steps(monkeypatch: pytest.MonkeyPatch, count: int | None) -> None:
-    """Make the next run die (as if SIGKILLed) right after its ``count``-th step in this process."""
-    original = training.train_step
-    calls = {"n": 0}
-
-    def step(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == count:
-            raise Killed
-
-    monkeypatch.setattr(training, "train_step", step)
 
 
 def assert_bitwise_equal(expected: dict, actual: dict) -> None:

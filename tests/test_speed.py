@@ -15,7 +15,6 @@ import pytest
 import torch
 import yaml
 
-import lightnets.train.loop as training
 import lightnets.train.speed as speed
 from lightnets.cli import main
 from lightnets.models import create_model
@@ -24,7 +23,7 @@ from lightnets.train.config import TrainConfig, load_run_config
 from lightnets.train.loop import train
 from lightnets.train.speed import Candidate, choose_speed
 
-from .conftest import subset_config
+from .conftest import Killed, kill_after_steps, subset_config
 
 MODEL = "asymmnet_small_x0_35_cifar"
 CPU = torch.device("cpu")
@@ -183,22 +182,11 @@ def test_the_choice_is_recorded_and_a_resumed_run_reuses_it_bitwise(tmp_path, mo
     assert recorded["speed_probe"]["chosen"] == "channels-last"
 
     config = tiny(tmp_path / "resumed", speed="probe")  # probes again, whatever the cache holds
-    original, calls = training.train_step, {"n": 0}
-
-    class Killed(BaseException):
-        pass
-
-    def step(*args, **kwargs):
-        original(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise Killed
-
-    monkeypatch.setattr(training, "train_step", step)
+    kill_after_steps(monkeypatch, 6)
     with pytest.raises(Killed):
         train(config)
     assert len(built) == 4
-    monkeypatch.setattr(training, "train_step", original)
+    kill_after_steps(monkeypatch, None)
     run_dir = Path(config.out)
     resumed = load_run_config(run_dir)
     assert (resumed.channels_last, resumed.compile, resumed.amp) == (True, False, False)
