@@ -169,7 +169,8 @@ def _cached_timings(
         needed += [c for c in candidates if c.compile]
     if not all(candidate in known for candidate in needed):
         return None
-    return {candidate: known[candidate] for candidate in needed if known[candidate] is not None}
+    usable = {candidate: known[candidate] for candidate in needed if known[candidate] is not None}
+    return usable or None  # nothing ran before: probe again, which says why
 
 
 def _write_cache(
