@@ -84,6 +84,7 @@ def test_freeze_backbone_leaves_every_weight_but_the_classifier_bitwise_unchange
     assert not torch.equal(after["classifier.weight"], lightnets.create_model(MODEL, num_classes=2).classifier.weight)
 
 
+@pytest.mark.slow  # a training run; the default suite keeps --freeze backbone's
 def test_freeze_bn_keeps_the_statistics_while_the_convolutions_learn(tmp_path, source) -> None:
     assert main(bees(tmp_path, "run", "--weights", str(source), "--freeze", "bn")) == 0
     before, after = load_checkpoint(source / "best.pt")["model"], weights_of(tmp_path / "run" / "last.pt")
@@ -93,6 +94,7 @@ def test_freeze_bn_keeps_the_statistics_while_the_convolutions_learn(tmp_path, s
     assert any(not torch.equal(before[k], after[k]) for k in convs)
 
 
+@pytest.mark.slow  # a training run; the default suite keeps --freeze backbone's
 def test_backbone_lr_scales_only_the_backbone(tmp_path, source) -> None:
     # lr x 0 for the backbone: SGD moves nothing there (weight decay and momentum are scaled by the lr too).
     assert main(bees(tmp_path, "run", "--weights", str(source), "--backbone-lr", "0", "--freeze", "bn")) == 0
@@ -107,6 +109,7 @@ def test_freeze_needs_weights(tmp_path, capsys) -> None:
     assert f"--weights {tmp_path / 'nothing.pt'} does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a training run from an ImageNet-form authors' file
 def test_the_authors_preprocessing_reaches_eval_and_export(tmp_path, capsys) -> None:
     # megvii's ShuffleNet file: BGR input on a 0-255 scale. A run started from it trains and records that.
     authors = lightnets.create_model("shufflenet_v1_g3_x0_5")  # their ImageNet head: 1000 classes

@@ -72,7 +72,11 @@ def choose(tmp_path: Path, mode: str = "auto", fixed=None, batch: int = 4, plann
     )
 
 
-@pytest.mark.parametrize("slow_layout", [True, False], ids=["channels-last-slowed", "contiguous-slowed"])
+@pytest.mark.parametrize(
+    "slow_layout",
+    [True, pytest.param(False, marks=pytest.mark.slow)],  # the default suite keeps one direction
+    ids=["channels-last-slowed", "contiguous-slowed"],
+)
 def test_the_probe_keeps_the_faster_of_two_candidates(tmp_path, monkeypatch, slow_layout) -> None:
     slowed(monkeypatch, lambda c: c.channels_last == slow_layout)
     choice = choose(tmp_path, mode="probe")
