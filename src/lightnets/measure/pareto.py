@@ -136,6 +136,7 @@ def pareto(
 def write_pareto(result: ParetoResult, out: str | Path) -> list[Path]:
     """``OUT.png`` (reported top-1 against measured latency, the front joined), ``OUT.md`` and ``OUT.json``."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     from lightnets.measure.report import FAMILY_COLOURS, family_of, label_points, save_figure
 
@@ -154,6 +155,10 @@ def write_pareto(result: ParetoResult, out: str | Path) -> list[Path]:
               label="Pareto front", zorder=2)  # fmt: skip
     axis.set(xscale="log", xlabel="measured latency at batch 1, fastest path (ms, log)",
              ylabel="ImageNet top-1 the paper reports (%)", title=f"batch 1 on {result.machine}")  # fmt: skip
+    # Plain millisecond labels at 1-2-5 steps: log-axis minor labels (2x10^0, 3x10^0, ...) run into each other.
+    axis.xaxis.set_major_locator(FixedLocator([v * 10**e for e in range(-1, 4) for v in (1, 2, 5)]))
+    axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.xaxis.set_minor_formatter(NullFormatter())
     label_points(axis, [(p["latency_ms"], p["top1"], p["model"]) for p in placed])
     axis.grid(alpha=0.3, which="both")
     axis.legend(fontsize=8)
