@@ -14,6 +14,7 @@ oneDNN kernel under it); what no known kind covers is "other". Backward is what 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import time
@@ -73,26 +74,19 @@ def _conv(event: Any) -> tuple[str, int]:
         stride, padding, dilation, groups = args[3], args[4], args[5], args[8]
         out = [(size + 2 * p - d * (k - 1) - 1) // s + 1
                for size, k, s, p, d in zip(x[2:], weight[2:], stride, padding, dilation)]  # fmt: skip
-        macs = x[0] * weight[0] * _prod(out) * weight[1] * _prod(weight[2:])
+        macs = x[0] * weight[0] * math.prod(out) * weight[1] * math.prod(weight[2:])
     else:  # convolution_backward(grad_output, input, weight, ..., groups, output_mask): grad input and grad weight
         grad_out, x, weight = shapes[0], shapes[1], shapes[2]
         groups, mask = args[9], args[10]
-        forward_macs = grad_out[0] * grad_out[1] * _prod(grad_out[2:]) * weight[1] * _prod(weight[2:])
+        forward_macs = grad_out[0] * grad_out[1] * math.prod(grad_out[2:]) * weight[1] * math.prod(weight[2:])
         macs = forward_macs * (int(bool(mask[0])) + int(bool(mask[1])))
     return _conv_kind(weight, int(groups), x[1]), macs
-
-
-def _prod(values: list[int]) -> int:
-    result = 1
-    for value in values:
-        result *= value
-    return result
 
 
 def _linear_macs(event: Any) -> int:
     shapes = event.input_shapes
     if event.name == "aten::linear":  # (input, weight, bias)
-        return _prod(shapes[0][:-1]) * shapes[1][0] * shapes[1][1]
+        return math.prod(shapes[0][:-1]) * shapes[1][0] * shapes[1][1]
     if event.name == "aten::addmm":  # (bias, a, b)
         return shapes[1][0] * shapes[1][1] * shapes[2][1]
     return shapes[0][0] * shapes[0][1] * shapes[1][1]  # mm(a, b)

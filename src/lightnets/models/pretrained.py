@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-__all__ = ["WEIGHTS_DIR", "list_pretrained", "pretrained_cfg", "pretrained_path", "sha256_of"]
+__all__ = ["WEIGHTS_DIR", "cache_root", "list_pretrained", "pretrained_cfg", "pretrained_path", "sha256_of"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 # The pretrained_cfg keys a manifest entry carries (besides file/url/sha256), as lightnets records them.
@@ -67,11 +67,13 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _cache_dir() -> Path:
+def cache_root() -> Path:
+    """Where lightnets caches what it fetched or measured: ``$LIGHTNETS_CACHE``, else ``$XDG_CACHE_HOME/lightnets``
+    (``~/.cache/lightnets`` by default)."""
     root = os.environ.get("LIGHTNETS_CACHE") or Path(
         os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "lightnets"
     )
-    return Path(root).expanduser() / "weights"
+    return Path(root).expanduser()
 
 
 def _checked(path: Path, expected: str, name: str, origin: str) -> Path:
@@ -111,7 +113,7 @@ def pretrained_path(name: str) -> Path:
         if not cfg.get("url"):
             raise ValueError(f"the weights of {name} should be at {shipped} but are not; reinstall lightnets")
     url = cfg["url"]
-    cached = _cache_dir() / f"{expected[:16]}-{Path(urllib.request.url2pathname(url.split('/')[-1])).name}"
+    cached = cache_root() / "weights" / f"{expected[:16]}-{Path(urllib.request.url2pathname(url.split('/')[-1])).name}"
     if not cached.is_file():
         _download(url, cached)
         try:

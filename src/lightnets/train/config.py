@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -338,8 +339,6 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 def speed_mode(config: TrainConfig) -> str:
     """--speed, else $LIGHTNETS_SPEED (a test suite or a batch system pins it once for every run), else auto."""
-    import os
-
     mode = config.speed or os.environ.get("LIGHTNETS_SPEED") or "auto"
     if mode not in SPEED_MODES:
         raise ValueError(f"invalid LIGHTNETS_SPEED={mode!r}: expected {', '.join(SPEED_MODES)}")

@@ -28,6 +28,7 @@ __all__ = [
     "classifier_parameters",
     "freeze",
     "start_model",
+    "starting_weights",
 ]
 
 FREEZE_MODES = ("none", "bn", "backbone")
@@ -89,3 +90,17 @@ def start_model(weights: str | Path, model: str, model_kwargs: dict[str, Any]) -
             f"{', '.join(f'{v:.4g}' for v in cfg['std'])}, {cfg.get('channel_order', 'RGB')}"
         )
     return built, line
+
+
+def starting_weights(
+    weights: str | None, model: str, model_kwargs: dict[str, Any], checkpoint: dict[str, Any] | None, say: Any
+) -> tuple[nn.Module | None, dict[str, Any]]:
+    """The model ``--weights`` builds (None when not given or when resuming) and the preprocessing the weights came
+    with. A resumed run reads that preprocessing from its checkpoint (last.pt already holds the weights)."""
+    if not weights:
+        return None, {}
+    if checkpoint is not None:
+        return None, {key: checkpoint[key] for key in ("mean", "std", "channel_order") if key in checkpoint}
+    start, line = start_model(weights, model, model_kwargs)
+    say(line)
+    return start, getattr(start, "pretrained_cfg", {})

@@ -39,8 +39,8 @@ from lightnets.evaluation import EvalResult, evaluate
 from lightnets.models import create_model
 from lightnets.models.checkpoint import check_checkpoint
 from lightnets.train import rundir
-from lightnets.train.config import TrainConfig, augment_spec, resolved_settings, speed_mode, validate_config
-from lightnets.train.finetune import start_model
+from lightnets.train.config import TrainConfig, augment_spec, resolved_settings, validate_config
+from lightnets.train.finetune import starting_weights
 from lightnets.train.lock import RunDirLock
 from lightnets.train.metrics import EpochSums, begin_sums, epoch_row, running_sums, show_progress
 from lightnets.train.optim import set_lr, warmup_cosine
@@ -54,6 +54,7 @@ from lightnets.train.run import (
     check_classes_read,
     describe_run,
     normalized_bundle,
+    run_speed,
     skipped_image_paths,
 )
 from lightnets.train.rundir import save_checkpoint
@@ -67,7 +68,6 @@ from lightnets.train.signals import (
     position,
     stop_if_signalled,
 )
-from lightnets.train.speed import choose_speed
 from lightnets.train.state import (
     TrainResult,
     TrainState,
@@ -164,13 +164,7 @@ def _set_up(
         check_checkpoint(checkpoint, classes=list(bundle.classes), what=f"--data {config.data}")
     check_batch_size(config, len(bundle.train))
     model_kwargs = {**config.model_kwargs, "num_classes": len(bundle.classes)}
-    start, weights_cfg = None, {}
-    if config.weights and checkpoint is not None:  # resuming: last.pt holds the weights and their preprocessing
-        weights_cfg = {key: checkpoint[key] for key in ("mean", "std", "channel_order") if key in checkpoint}
-    elif config.weights:
-        start, line = start_model(config.weights, config.model, model_kwargs)
-        weights_cfg = getattr(start, "pretrained_cfg", {})
-        job.say(line)
+    start, weights_cfg = starting_weights(config.weights, config.model, model_kwargs, checkpoint, job.say)
     bundle = normalized_bundle(config, bundle, checkpoint, job.control, job.say, weights_cfg)  # --normalize's
     channel_order = weights_cfg.get("channel_order", "RGB")
     steps = steps_per_epoch(len(bundle.train), config.batch_size, config.max_steps_per_epoch)
@@ -180,7 +174,7 @@ def _set_up(
     settings = resolved_settings(config, device, bundle, context.world_size)
     if speed.figures is not None:
         settings["speed_probe"] = speed.figures
-    state = build_state(config, model_kwargs, settings["lr"], config.amp, device, context, start)
+    state = build_state(config, model_kwargs, settings["lr"], device, context, start)
 
     train_split, val_split = bundle.train, bundle.val
     if isinstance(train_split, TensorSplit):  # the in-memory path: the whole split lives on the device
@@ -239,32 +233,6 @@ def _set_up(
         if job.is_main:
             rundir.write_args(settings, run_dir)
     return data, recipe, schedule, files, state
-
-
-def run_speed(config: TrainConfig, job: Job, model_kwargs: dict[str, Any], input_size: int, planned_steps: int) -> Any:
-    """The channels-last, compile and bf16 settings this run uses (:mod:`lightnets.train.speed`): the explicit ones
-    as given, the rest probed, cached or plain as --speed says. Under torchrun every rank probes at once, sharing the
-    machine as they will in training, and all take rank 0's choice."""
-    fixed = {"channels_last": config.channels_last, "compile": config.compile, "amp": config.amp}
-    choice = choose_speed(
-        speed_mode(config),
-        fixed,
-        job.device,
-        model=config.model,
-        model_kwargs=model_kwargs,
-        model_factory=lambda: create_model(config.model, **model_kwargs),
-        batch=config.batch_size // job.context.world_size,
-        input_size=input_size,
-        num_classes=model_kwargs["num_classes"],
-        planned_steps=planned_steps,
-        world_size=job.context.world_size,
-        write_cache=job.is_main,
-    )
-    if job.context.enabled:
-        choice = job.control.gather(choice)[0]
-    if choice.message:
-        job.say(choice.message)
-    return choice
 
 
 def _epochs(

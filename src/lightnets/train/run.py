@@ -7,6 +7,9 @@
 - :class:`RunData`: what it trains and evaluates on (the splits, their per-rank batches, unreadable images);
 - :class:`RunFiles`: where it writes and what every checkpoint carries.
 
+Beside them, the set-up steps the loop calls once: the batch-size check, the run's first line, the normalisation,
+the speed settings (:func:`run_speed`), and the checks after each pass over the data.
+
 The loop passes each helper only the ones it uses. Functions that all-reduce or gather are collectives: under
 torchrun every rank calls them at the same point.
 """
@@ -25,8 +28,10 @@ from torch import nn
 from lightnets.data import IMAGENET_MEAN, IMAGENET_STD, BadImageLog, DataBundle, ImageFolderSplit
 from lightnets.data.batches import Preprocess, batches
 from lightnets.distributed import ControlChannel, DistContext
-from lightnets.train.config import TrainConfig, augment_spec
+from lightnets.models import create_model
+from lightnets.train.config import TrainConfig, augment_spec, speed_mode
 from lightnets.train.signals import StopSignals
+from lightnets.train.speed import SpeedChoice, choose_speed
 
 __all__ = [
     "Job",
@@ -38,6 +43,7 @@ __all__ = [
     "check_classes_read",
     "describe_run",
     "normalized_bundle",
+    "run_speed",
     "skipped_image_paths",
 ]
 
@@ -224,3 +230,31 @@ def normalized_bundle(
             f" over {stats.images} training images ({stats.scale}) in {stats.seconds:.1f} s"
         )
     return with_normalization(bundle, mean, std, augment_spec(config))
+
+
+def run_speed(
+    config: TrainConfig, job: Job, model_kwargs: dict[str, Any], input_size: int, planned_steps: int
+) -> SpeedChoice:
+    """The channels-last, compile and bf16 settings this run uses (:mod:`lightnets.train.speed`): the explicit ones
+    as given, the rest probed, cached or plain as --speed says. Under torchrun every rank probes at once, sharing the
+    machine as they will in training, and all take rank 0's choice."""
+    fixed = {"channels_last": config.channels_last, "compile": config.compile, "amp": config.amp}
+    choice = choose_speed(
+        speed_mode(config),
+        fixed,
+        job.device,
+        model=config.model,
+        model_kwargs=model_kwargs,
+        model_factory=lambda: create_model(config.model, **model_kwargs),
+        batch=config.batch_size // job.context.world_size,
+        input_size=input_size,
+        num_classes=model_kwargs["num_classes"],
+        planned_steps=planned_steps,
+        world_size=job.context.world_size,
+        write_cache=job.is_main,
+    )
+    if job.context.enabled:
+        choice = job.control.gather(choice)[0]
+    if choice.message:
+        job.say(choice.message)
+    return choice

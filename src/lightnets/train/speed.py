@@ -24,7 +24,6 @@ from __future__ import annotations
 import datetime
 import itertools
 import json
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -39,6 +38,7 @@ from lightnets.data.batches import Preprocess
 from lightnets.device import autocast_context, cpu_features, default_amp, device_name
 from lightnets.files import atomic_write
 from lightnets.models.errors import first_line
+from lightnets.models.pretrained import cache_root
 
 __all__ = [
     "SPEED_MODES",
@@ -107,11 +107,8 @@ class SpeedChoice:
 
 
 def speed_cache_path() -> Path:
-    """``$LIGHTNETS_CACHE/speed.json``, else ``$XDG_CACHE_HOME/lightnets/speed.json`` (``~/.cache`` by default)."""
-    root = os.environ.get("LIGHTNETS_CACHE") or Path(
-        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "lightnets"
-    )
-    return Path(root).expanduser() / "speed.json"
+    """``speed.json`` in lightnets' cache folder (:func:`lightnets.models.pretrained.cache_root`)."""
+    return cache_root() / "speed.json"
 
 
 def _machine(device: torch.device) -> str:
@@ -247,8 +244,8 @@ def candidate_step(
 class _Probe:
     """Candidates warmed up once, then timed a step each in turn."""
 
-    def __init__(self, make_step: Callable[[Candidate], Callable[[], None]], device: torch.device) -> None:
-        self.make_step, self.device = make_step, device
+    def __init__(self, make_step: Callable[[Candidate], Callable[[], None]]) -> None:
+        self.make_step = make_step
         self.steps: dict[Candidate, Callable[[], None]] = {}
         self.first_calls: dict[Candidate, float] = {}
         self.times: dict[Candidate, list[float]] = {}
@@ -307,7 +304,7 @@ def _probe(
     compiled = [c for c in candidates if c.compile]
     budget = PROBE_BUDGET_S.get(device.type, PROBE_BUDGET_S["cpu"])
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        probe = _Probe(make_step, device)
+        probe = _Probe(make_step)
         probe.warm(eager)
         probe.time_rounds(budget / 2 if compiled else budget)
         worth, planned = _worth_compiling(list(probe.timings().values()), planned_steps, device)

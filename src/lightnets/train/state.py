@@ -133,7 +133,6 @@ def build_state(
     config: TrainConfig,
     model_kwargs: dict[str, Any],
     lr: float,
-    use_amp: bool,
     device: torch.device,
     context: Any,
     start: nn.Module | None = None,
@@ -150,7 +149,7 @@ def build_state(
         # here on: otherwise every rank would draw the same dropout masks for its slice.
         torch.manual_seed(derive_seed(config.seed, context.rank))
     freeze(model, config.freeze)
-    float16 = use_amp and config.amp_dtype == "float16" and device.type == "cuda"
+    float16 = config.amp and config.amp_dtype == "float16" and device.type == "cuda"
     optimizer = torch.optim.SGD(
         parameter_groups(model, config.weight_decay, config.backbone_lr),
         lr=lr,
