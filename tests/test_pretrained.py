@@ -48,7 +48,7 @@ def test_pretrained_loads_the_shipped_weights_and_describes_them(shipped) -> Non
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), source.state_dict().values()))
     cfg = model.pretrained_cfg
     assert (cfg["dataset"], cfg["top1"], cfg["epochs"], cfg["sha256"]) == ("CIFAR-10", 12.34, 1, sha256_of(path))
-    assert cfg["mean"] == [0.4914, 0.4822, 0.4465] and model.classes == CLASSES
+    assert cfg["mean"] == (0.4914, 0.4822, 0.4465) and model.classes == CLASSES
     head = lightnets.create_model(MODEL, pretrained=True, num_classes=3)  # fine-tuning start: a new classifier
     assert head.classifier.out_features == 3 and "new classifier" in head.pretrained_cfg["head"]
 

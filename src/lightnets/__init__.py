@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from lightnets.measure.counting import Complexity, complexity, count_macs, count_params
     from lightnets.measure.latency import BenchResult, BenchSettings, bench
     from lightnets.measure.per_layer import ModelSummary, summary
+    from lightnets.models.timm_bridge import register_with_timm
     from lightnets.prediction import predict
 
 # public name -> (module, name in it)
@@ -42,6 +43,7 @@ _ON_FIRST_USE = {
     "count_params": ("lightnets.measure.counting", "count_params"),
     "ModelSummary": ("lightnets.measure.per_layer", "ModelSummary"),
     "summary": ("lightnets.measure.per_layer", "summary"),
+    "register_with_timm": ("lightnets.models.timm_bridge", "register_with_timm"),
 }
 
 __all__ = [
@@ -61,6 +63,7 @@ __all__ = [
     "list_models",
     "predict",
     "register_model",
+    "register_with_timm",
     "reparameterize_model",
     "summary",
 ]

@@ -196,11 +196,12 @@ def load_inference_model(
         state = load_checkpoint(checkpoint, map_location="cpu")
         return inference_model_from_checkpoint(state, build_model_from_checkpoint(state, device))
     from lightnets.models import create_model
+    from lightnets.models.model_cfg import image_size
 
     model = create_model(model_name, checkpoint=str(checkpoint), ema=ema, **(model_kwargs or {}))
     model = model.to(device).eval()
     cfg = getattr(model, "pretrained_cfg", {})
-    size = int(cfg.get("input_size") or getattr(model, "default_input_size", 224))
+    size = image_size(cfg, getattr(model, "default_input_size", 224))
     return InferenceModel(
         model,
         model_name,

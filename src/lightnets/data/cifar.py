@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from lightnets.files import atomic_path
+from lightnets.models.model_cfg import CIFAR10_MEAN, CIFAR10_STD
 
 __all__ = [
     "CIFAR10_MEAN",
@@ -45,9 +46,7 @@ __all__ = [
     "restricted_loads",
 ]
 
-# Per-channel statistics of the training images on the 0-1 scale.
-CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
+# Per-channel statistics of the training images on the 0-1 scale (CIFAR-10's are declared with the models' cfg).
 CIFAR100_MEAN: tuple[float, float, float] = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD: tuple[float, float, float] = (0.2673, 0.2564, 0.2762)
 CIFAR_MEAN = CIFAR10_MEAN

@@ -23,6 +23,9 @@ from torch.utils.data import Dataset
 from lightnets.data.augment import COLOR_JITTER, AugmentSpec, cutout, derive_seed, random_erasing
 from lightnets.data.scan import IMAGE_EXTENSIONS, find_images, scan_class_folders
 
+# Declared once, beside the models' pretrained_cfg that records them (timm's IMAGENET_DEFAULT_MEAN / _STD).
+from lightnets.models.model_cfg import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -45,10 +48,6 @@ __all__ = [
     "to_rgb",
     "train_transform",
 ]
-
-# timm's IMAGENET_DEFAULT_MEAN / IMAGENET_DEFAULT_STD, copied so that importing this module stays light.
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 # Where an image is transparent it is shown over white, as a browser or viewer would show it.
 _BACKGROUND = (255, 255, 255, 255)

@@ -28,6 +28,7 @@ from lightnets.deploy.sessions import META_KEY, onnxruntime_session, openvino_co
 from lightnets.files import check_writable
 from lightnets.models import create_model, reparameterize_model
 from lightnets.models.errors import require_module
+from lightnets.models.model_cfg import image_size
 from lightnets.models.weights import PRETRAINED_CFG_KEYS, load_weights, read_weights
 
 __all__ = ["OPENVINO_RTOL", "export_for_runtime", "export_model", "preprocessing_of", "top1_agreement"]
@@ -37,7 +38,7 @@ def preprocessing_of(model: nn.Module, input_size: int | None = None) -> dict[st
     """The inputs ``model``'s weights expect: input size, resize, mean, std, channel order (its ``pretrained_cfg``,
     which a lightnets checkpoint fills from its training data, else lightnets' ImageNet defaults)."""
     cfg = getattr(model, "pretrained_cfg", {})
-    size = int(input_size or cfg.get("input_size") or getattr(model, "default_input_size", 224))
+    size = int(input_size or image_size(cfg) or getattr(model, "default_input_size", 224))
     return {
         "input_size": size,
         "eval_resize": int(cfg.get("eval_resize") or round(size / cfg.get("crop_pct", 0.875))),

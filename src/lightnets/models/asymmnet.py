@@ -41,6 +41,7 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint_sequential
 
 from lightnets.models.features import feature
 from lightnets.models.layers import (
@@ -48,7 +49,6 @@ from lightnets.models.layers import (
     ConvBnAct,
     SqueezeExcite,
     channel_shuffle,
-    global_pool,
     init_weights,
     round_up,
     zero_init_last_bn,
@@ -109,8 +109,15 @@ class AsymmetricBottleneck(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = x
         if self.expand is not None:
-            reused = [x] * self.asymm_rate
-            out = torch.cat([*reused, self.expand(x), *reused], dim=1)
+            # The input reused r times on each side of the new features; a list built by appending, which
+            # TorchScript can type (a starred list cannot).
+            parts: list[torch.Tensor] = []
+            for _ in range(self.asymm_rate):
+                parts.append(x)
+            parts.append(self.expand(x))
+            for _ in range(self.asymm_rate):
+                parts.append(x)
+            out = torch.cat(parts, dim=1)
             if self.shuffle:
                 out = channel_shuffle(out, 2)
         out = self.project(self.se(self.dw(out)))
@@ -192,6 +199,8 @@ def _cifar_blocks(blocks: tuple[AsymmBlockConfig, ...]) -> tuple[AsymmBlockConfi
 
 
 class AsymmNet(ClassifierModel):
+    first_conv = "stem.conv"
+
     def __init__(
         self,
         config: AsymmNetConfig,
@@ -203,9 +212,11 @@ class AsymmNet(ClassifierModel):
         shuffle: bool = False,
         in_chans: int = 3,
         zero_init_last: bool = True,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         self.default_input_size = 32 if cifar else 224
+        self.in_chans = in_chans
         block_rows = _cifar_blocks(config.blocks) if cifar else config.blocks
 
         def scaled(channels: int) -> int:
@@ -247,19 +258,26 @@ class AsymmNet(ClassifierModel):
         self.conv_head = nn.Conv2d(self.num_features, self.head_hidden_size, 1, bias=False)
         self.head_act = nn.Hardswish(inplace=True)
         self.drop = nn.Dropout(drop_rate)
-        self.reset_classifier(num_classes)
+        self.reset_classifier(num_classes, global_pool)
         init_weights(self)
         if zero_init_last:
             zero_init_last_bn(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv_squeeze(self.blocks(self.stem(x)))
+        x = self.stem(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_sequential(self.blocks, len(self.blocks), x, use_reentrant=False)
+        else:
+            x = self.blocks(x)
+        return self.conv_squeeze(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        # A 1x1 conv on the pooled map (rather than a Linear) keeps the conv's He initialisation.
-        x = global_pool(x)[:, :, None, None]
-        x = self.head_act(self.conv_head(x)).flatten(1)
-        x = self.drop(x)
+        # A 1x1 conv on the pooled map (rather than a Linear) keeps the conv's He initialisation; unpooled
+        # (global_pool='') it runs at every position, as timm's MobileNetV3 head does.
+        unpooled = self.global_pool.pool_type == ""
+        x = x if unpooled else self.global_pool(x)[:, :, None, None]
+        x = self.head_act(self.conv_head(x))
+        x = self.drop(x if unpooled else x.flatten(1))
         return x if pre_logits else self.classifier(x)
 
 

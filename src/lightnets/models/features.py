@@ -19,6 +19,7 @@ the ones that run.
 from __future__ import annotations
 
 import copy
+import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +27,14 @@ import torch
 import torch.fx
 from torch import nn
 
-__all__ = ["FeatureInfo", "FeatureListNet", "feature", "feature_take_indices", "forward_intermediates"]
+__all__ = [
+    "FeatureInfo",
+    "FeatureListNet",
+    "feature",
+    "feature_take_indices",
+    "forward_intermediates",
+    "prune_intermediate_layers",
+]
 
 
 def feature(module: str, num_chs: int, reduction: int) -> dict[str, Any]:
@@ -126,16 +134,28 @@ def _feature_modules(model: nn.Module) -> list[str]:
 
 
 def forward_intermediates(
-    model: nn.Module, x: torch.Tensor, indices: int | Sequence[int] | None = None, intermediates_only: bool = False
+    model: nn.Module,
+    x: torch.Tensor,
+    indices: int | Sequence[int] | None = None,
+    intermediates_only: bool = False,
+    stop_early: bool = False,
+    output_fmt: str = "NCHW",
 ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
     """The feature maps ``indices`` (see :func:`feature_take_indices`) of ``model`` on ``x``, and unless
     ``intermediates_only`` the ``forward_features`` output too, as ``(final, intermediates)``.
 
-    One pass of ``forward_features`` with forward hooks on the chosen modules; it always runs to the end (a
-    pruned extractor is ``create_model(name, features_only=True)``).
+    One pass of ``forward_features`` with forward hooks on the chosen modules. With ``stop_early`` the pass runs only
+    the layers the chosen maps need (the traced graph cut there, as :class:`FeatureListNet` runs it) and ``final``
+    is the last chosen map, as in timm.
     """
+    if output_fmt != "NCHW":
+        raise ValueError(f"output_fmt {output_fmt!r}: lightnets feature maps are NCHW only")
     modules = _feature_modules(model)
     taken = feature_take_indices(len(modules), indices)
+    if stop_early:
+        graph = _graph_to(model, [modules[index] for index in taken])
+        intermediates = torch.fx.Interpreter(model, graph=graph).run(x)
+        return intermediates if intermediates_only else (intermediates[-1], intermediates)
     captured: dict[int, torch.Tensor] = {}
     handles = []
     for index in taken:
@@ -151,6 +171,76 @@ def forward_intermediates(
             handle.remove()
     intermediates = [captured[index] for index in taken]
     return intermediates if intermediates_only else (final, intermediates)
+
+
+def _graph_to(model: nn.Module, outputs: Sequence[str]) -> torch.fx.Graph:
+    """``model``'s forward traced (feature modules as single calls), returning the outputs of the modules named
+    ``outputs`` as a list, everything else cut away."""
+    graph = _FeatureTracer(_feature_modules(model)).trace(model)
+    graph.owning_module = model  # dead-code elimination asks the modules whether a call is pure
+    calls = [node for node in graph.nodes if node.op == "call_module"]
+    nodes = []
+    for name in outputs:
+        found = [node for node in calls if node.target == name]
+        if len(found) != 1:
+            raise ValueError(f"feature module {name} runs {len(found)} times in the forward pass; it must run once")
+        nodes.append(found[0])
+    output = next(node for node in graph.nodes if node.op == "output")
+    output.args = (nodes,)
+    graph.eliminate_dead_code()
+    graph.lint()
+    return graph
+
+
+def _used_modules(graph: torch.fx.Graph) -> set[str]:
+    return {str(node.target) for node in graph.nodes if node.op in ("call_module", "get_attr")}
+
+
+def prune_intermediate_layers(model: nn.Module, indices: int | Sequence[int] = 1, prune_head: bool = True) -> list[int]:
+    """Cut ``model`` after the last feature map of ``indices``; returns their absolute indices (timm's contract).
+
+    ``forward_features`` then ends at that map: its graph (the model's own forward traced, cut there) is run by
+    ``torch.fx.Interpreter`` on the model itself, and every module the cut graph no longer calls is deleted, so
+    none is left without gradients (which DDP would refuse). With ``prune_head`` the head goes too: the classifier
+    and pooling (``reset_classifier(0, '')``) and any layer between them (``forward_head`` then returns the map it
+    is given). Without it, pruning at the last map keeps the model as it was.
+    """
+    modules = _feature_modules(model)
+    taken = feature_take_indices(len(modules), indices)
+    last = max(taken)
+    if last == len(modules) - 1 and not prune_head:
+        return taken
+    full = _graph_to(model, [modules[-1]])
+    head = [name for name, _ in model.named_children() if not _needed(name, _used_modules(full))]
+    cut = _graph_to(model, [modules[last]])
+    keep = _used_modules(cut)
+    output = next(node for node in cut.nodes if node.op == "output")
+    output.args = (output.args[0][0],)  # forward_features returns the map itself, not a list
+    for name, _ in reversed(list(model.named_modules())):
+        if name and not _needed(name, keep) and (prune_head or name.split(".")[0] not in head):
+            parent, _, child = name.rpartition(".")
+            delattr(model.get_submodule(parent), child)  # a Sequential keeps the other keys: names stay the model's
+    if prune_head:
+        for name in head:
+            setattr(model, name, nn.Identity())
+        model.reset_classifier(0, "")
+    model.num_features = model.head_hidden_size = int(model.feature_info[last]["num_chs"])
+    model.feature_info = model.feature_info[: last + 1]
+
+    model.pruned_graph = cut
+    # The instance's own forward_features (the class's runs the deleted layers); a bound method, so that a deepcopy
+    # of the model runs its own copy.
+    model.forward_features = types.MethodType(_run_pruned_graph, model)
+    return taken
+
+
+def _run_pruned_graph(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return torch.fx.Interpreter(model, graph=model.pruned_graph).run(x)
+
+
+def _needed(name: str, used: set[str]) -> bool:
+    """A module is needed when the graph calls it, something inside it or something it holds."""
+    return any(name == u or u.startswith(name + ".") or name.startswith(u + ".") for u in used)
 
 
 class _FeatureTracer(torch.fx.Tracer):
@@ -203,9 +293,14 @@ class FeatureListNet(nn.Module):
         for name, child in traced.named_children():
             self.add_module(name, child)
         self.graph = copy.deepcopy(traced.graph)  # our own: the GraphModule owns the one it holds
-        for attribute in ("model_name", "default_input_size", "pretrained_cfg"):
+        for attribute in ("model_name", "default_input_size", "in_chans", "pretrained_cfg"):
             if hasattr(model, attribute):
                 setattr(self, attribute, getattr(model, attribute))
+
+    @property
+    def default_cfg(self) -> dict[str, Any]:
+        """timm's older name for ``pretrained_cfg``."""
+        return self.pretrained_cfg
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return torch.fx.Interpreter(self, graph=self.graph).run(x)

@@ -5,8 +5,9 @@ shuffle, channel rounding, conv+BN fusion and weight initialisation. Model files
 never redefine these.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` in this file: torch.fx writes the root ``forward``'s annotations (this
+# file's ClassifierModel.forward) into the code it generates, and TorchScript cannot read them as strings, so a
+# model traced with FX and then scripted (timm's FX-then-TorchScript test) would fail.
 import copy
 import math
 from collections.abc import Callable, Sequence
@@ -153,26 +154,86 @@ class SqueezeExcite(nn.Module):
         return x * scale
 
 
+POOL_TYPES = ("avg", "max", "avgmax", "")
+
+
+class GlobalPool(nn.Module):
+    """Global pooling of (N, C, H, W) maps to (N, C), by timm's ``global_pool`` names: ``avg``, ``max``, ``avgmax``
+    (their mean), or ``''``: no pooling, the maps pass through (``forward`` then returns maps, timm's
+    ``num_classes=0, global_pool=''``). ``mean`` rather than AdaptiveAvgPool keeps any input size valid."""
+
+    def __init__(self, pool_type: str = "avg") -> None:
+        super().__init__()
+        if pool_type not in POOL_TYPES:
+            raise ValueError(
+                f"global_pool {pool_type!r} is not one of 'avg', 'max', 'avgmax' or '' (no pooling); lightnets heads "
+                "keep their width, so timm's 'catavgmax' (which doubles it) is not offered"
+            )
+        self.pool_type = pool_type
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool_type == "avg":
+            return x.mean((2, 3))
+        if self.pool_type == "max":
+            return x.amax((2, 3))
+        if self.pool_type == "avgmax":
+            return 0.5 * (x.mean((2, 3)) + x.amax((2, 3)))
+        return x
+
+    def extra_repr(self) -> str:
+        return f"pool_type={self.pool_type!r}"
+
+
 class ClassifierModel(nn.Module):
-    """The part of the model API every lightnets family shares.
+    """The part of the model API every lightnets family shares, in timm's terms.
 
     A subclass builds ``forward_features`` / ``forward_head``, sets ``num_features``, ``head_hidden_size``,
-    ``num_classes`` and ``feature_info`` (see ``models/features.py``), and calls ``self.reset_classifier(num_classes)``;
-    this class owns the classifier (a Linear on ``head_hidden_size`` features, bias as ``classifier_bias``; Identity
-    for 0 classes) and ``forward_intermediates``.
+    ``in_chans`` and ``feature_info`` (see ``models/features.py``), and calls
+    ``self.reset_classifier(num_classes, global_pool)``; its ``forward_head`` pools with ``self.global_pool``.
+    This class owns the classifier (a Linear on ``head_hidden_size`` features, bias as ``classifier_bias``; Identity
+    for 0 classes), ``forward_intermediates``, ``prune_intermediate_layers``, ``set_grad_checkpointing`` and
+    ``default_cfg`` (the registry sets ``pretrained_cfg``, see ``models/model_cfg.py``).
     """
 
     classifier_bias: bool = True
+    first_conv: str | tuple[str, ...] = "stem.conv"  # the conv(s) reading the image, as timm's cfg names them
+    __jit_unused_properties__ = ["default_cfg"]  # noqa: RUF012 - TorchScript reads this list by name
 
-    def reset_classifier(self, num_classes: int) -> None:
+    def __init__(self) -> None:
+        super().__init__()
+        self.grad_checkpointing = False  # an instance attribute, which TorchScript reads (a class one it cannot)
+
+    @property
+    def default_cfg(self) -> dict:
+        """timm's older name for ``pretrained_cfg``."""
+        return self.pretrained_cfg
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A fresh classifier for ``num_classes`` (0: none, ``forward`` returns the pooled features); ``global_pool``
+        changes the pooling (None keeps it; ``''`` removes it, with ``num_classes=0`` only)."""
+        pool = GlobalPool(global_pool if global_pool is not None else self._pool_type())
+        if pool.pool_type == "" and num_classes > 0:
+            raise ValueError(
+                "global_pool='' makes the head return unpooled feature maps, which no classifier takes; pass "
+                "num_classes=0 with it"
+            )
+        self.global_pool = pool.train(self.training)
         self.num_classes = num_classes
         if num_classes <= 0:
             self.classifier: nn.Module = nn.Identity()
             return
-        self.classifier = nn.Linear(self.head_hidden_size, num_classes, bias=self.classifier_bias)
+        # The new head lives where the model does (device, dtype, train/eval), as timm's reset_classifier.
+        reference = next(self.parameters(), None)
+        factory = {"device": reference.device, "dtype": reference.dtype} if reference is not None else {}
+        self.classifier = nn.Linear(self.head_hidden_size, num_classes, bias=self.classifier_bias, **factory)
         nn.init.normal_(self.classifier.weight, 0.0, 0.01)
         if self.classifier.bias is not None:
             nn.init.zeros_(self.classifier.bias)
+        self.classifier.train(self.training)
+
+    def _pool_type(self) -> str:
+        pool = getattr(self, "global_pool", None)
+        return pool.pool_type if isinstance(pool, GlobalPool) else "avg"
 
     def get_classifier(self) -> nn.Module:
         return self.classifier
@@ -180,16 +241,37 @@ class ClassifierModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them (less memory, about
+        one more forward of time). As in timm, BN running statistics are updated again by the recomputation."""
+        self.grad_checkpointing = enable
+
     def forward_intermediates(
-        self, x: torch.Tensor, indices: int | Sequence[int] | None = None, intermediates_only: bool = False
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """The maps of ``feature_info`` at ``indices`` (None: all, an int n: the last n) and, unless
-        ``intermediates_only``, the ``forward_features`` output, as ``(final, maps)``; timm's signature."""
-        return features.forward_intermediates(self, x, indices, intermediates_only)
+        """timm's signature: the maps of ``feature_info`` at ``indices`` (None: all, an int n: the last n) and,
+        unless ``intermediates_only``, the ``forward_features`` output, as ``(final, maps)``. ``stop_early`` ends the
+        pass at the last map taken (which is then ``final``). lightnets models have no final norm, so ``norm`` changes
+        nothing; ``output_fmt`` is NCHW only."""
+        return features.forward_intermediates(self, x, indices, intermediates_only, stop_early, output_fmt)
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Remove every layer after the last feature map in ``indices`` (and with ``prune_head`` the head), so that
+        ``forward_features`` ends there; returns the absolute indices, for ``forward_intermediates``. timm's
+        contract; ``prune_norm`` changes nothing (no final norm)."""
+        return features.prune_intermediate_layers(self, indices, prune_head)
 
 
 def global_pool(x: torch.Tensor) -> torch.Tensor:
-    """Global average pool to (N, C); ``mean`` rather than AdaptiveAvgPool keeps any input size valid."""
+    """Global average pool to (N, C) (for baselines; lightnets heads use :class:`GlobalPool`)."""
     return x.mean((2, 3))
 
 

@@ -53,9 +53,10 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from lightnets.models.features import feature
-from lightnets.models.layers import ChannelShuffle, ClassifierModel, ConvBnAct, global_pool, init_weights, pad_kernel_to
+from lightnets.models.layers import ChannelShuffle, ClassifierModel, ConvBnAct, init_weights, pad_kernel_to
 from lightnets.models.registry import register_model
 from lightnets.models.weights import remap_state_dict
 
@@ -209,6 +210,9 @@ class ParNetConfig:
 
 
 class ParNet(ClassifierModel):
+    # The first block reads the image in three branches: 1x1 (after pooling), 3x3, and the gate's 1x1.
+    first_conv = ("stem.0.conv1x1.conv", "stem.0.conv3x3.conv", "stem.0.gate")
+
     def __init__(
         self,
         config: ParNetConfig,
@@ -217,8 +221,10 @@ class ParNet(ClassifierModel):
         drop_rate: float | None = None,
         in_chans: int = 3,
         act_layer: str = "silu",
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
+        self.in_chans = in_chans
         if act_layer not in ACT_LAYERS:
             raise ValueError(f"act_layer must be one of {sorted(ACT_LAYERS)}, got {act_layer!r}")
         self.act_layer = act_layer
@@ -252,19 +258,26 @@ class ParNet(ClassifierModel):
         self.feature_info.append(feature("final_down", c_last, 8 * r * r))
         self.num_features = self.head_hidden_size = c_last
         self.drop = nn.Dropout(config.drop_rate if drop_rate is None else drop_rate)
-        self.reset_classifier(num_classes)
+        self.reset_classifier(num_classes, global_pool)
         init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x1 = self.stem(x)
         x2 = self.down_to_stream2(x1)
         x3 = self.down_to_stream3(x2)
-        fused = self.fuse2(self.stream2(x2), self.stream1(x1))
-        fused = self.fuse3(self.stream3(x3), fused)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            # A stream at a time: its forward hooks (forward_intermediates) still run.
+            fused = self.fuse2(
+                checkpoint(self.stream2, x2, use_reentrant=False), checkpoint(self.stream1, x1, use_reentrant=False)
+            )
+            fused = self.fuse3(checkpoint(self.stream3, x3, use_reentrant=False), fused)
+        else:
+            fused = self.fuse2(self.stream2(x2), self.stream1(x1))
+            fused = self.fuse3(self.stream3(x3), fused)
         return self.final_down(fused)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.drop(global_pool(x))
+        x = self.drop(self.global_pool(x))
         return x if pre_logits else self.classifier(x)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from torch import nn
 
 from lightnets.models.features import FeatureListNet
+from lightnets.models.model_cfg import default_cfg
 from lightnets.models.pretrained import describe as describe_pretrained
 from lightnets.models.pretrained import pretrained_path
 from lightnets.models.weights import load_weights, read_weights
@@ -134,6 +135,7 @@ def _with_new_head(model: nn.Module, weights: Any, num_classes: int) -> nn.Modul
     model.classes = None  # the file's class names belong to its old head
     model.pretrained_cfg = {
         **getattr(model, "pretrained_cfg", {}),
+        "num_classes": num_classes,
         "head": f"a new classifier '{name}' ({before} -> {num_classes} classes); every other weight is the file's",
     }
     return model
@@ -152,4 +154,5 @@ def _build(name: str, **kwargs) -> nn.Module:
         raise unknown_model_error(name)
     model = _MODEL_BUILDERS[name](**kwargs)
     model.model_name = name
+    model.pretrained_cfg = default_cfg(model)
     return model

@@ -48,13 +48,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from lightnets.models.features import feature
 from lightnets.models.layers import (
     ChannelShuffle,
     ClassifierModel,
     ConvBnAct,
-    global_pool,
     init_weights,
     zero_init_last_bn,
 )
@@ -158,6 +158,7 @@ def shufflenet_v1_widths(groups: int, scale: float) -> tuple[int, tuple[int, ...
 
 class ShuffleNetV1(ClassifierModel):
     classifier_bias = False  # as released
+    first_conv = "stem.conv"
 
     def __init__(
         self,
@@ -168,9 +169,11 @@ class ShuffleNetV1(ClassifierModel):
         in_chans: int = 3,
         zero_init_last: bool = True,
         shuffle_order: str = "megvii",
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         self.default_input_size = 32 if cifar else 224
+        self.in_chans = in_chans
         stem = config.stem_channels
         self.stem = ConvBnAct(in_chans, stem, 3, stride=1 if cifar else 2)
         self.stem_pool: nn.Module = nn.Identity() if cifar else nn.MaxPool2d(3, stride=2, padding=1)
@@ -200,16 +203,21 @@ class ShuffleNetV1(ClassifierModel):
         ]
         self.num_features = self.head_hidden_size = in_channels
         self.drop = nn.Dropout(drop_rate)
-        self.reset_classifier(num_classes)
+        self.reset_classifier(num_classes, global_pool)
         init_weights(self)
         if zero_init_last:
             zero_init_last_bn(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(self.stem_pool(self.stem(x)))
+        x = self.stem_pool(self.stem(x))
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            for stage in self.stages:  # a stage at a time: its forward hooks (forward_intermediates) still run
+                x = checkpoint(stage, x, use_reentrant=False)
+            return x
+        return self.stages(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.drop(global_pool(x))
+        x = self.drop(self.global_pool(x))
         return x if pre_logits else self.classifier(x)
 
 

@@ -30,13 +30,13 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from lightnets.models.features import feature
 from lightnets.models.layers import (
     ClassifierModel,
     ConvBnAct,
     fuse_linear_bn,
-    global_pool,
     init_weights,
     zero_init_last_bn,
 )
@@ -110,6 +110,7 @@ class SPGNetConfig:
 
 class SPGNet(ClassifierModel):
     classifier_bias = False  # as released
+    first_conv = "stem.0.conv"
 
     def __init__(
         self,
@@ -119,9 +120,11 @@ class SPGNet(ClassifierModel):
         drop_rate: float = 0.2,
         in_chans: int = 3,
         zero_init_last: bool = True,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         self.default_input_size = 32 if cifar else 224
+        self.in_chans = in_chans
         stem1, stem2 = config.stem_channels
         stem_stride = 1 if cifar else 2
         self.stem = nn.Sequential(
@@ -156,16 +159,29 @@ class SPGNet(ClassifierModel):
         self.pre_logits_bn: nn.Module = nn.BatchNorm1d(self.head_hidden_size)
         self.pre_logits_act = nn.ReLU(inplace=True)
         self.drop = nn.Dropout(drop_rate)
-        self.reset_classifier(num_classes)
+        self.reset_classifier(num_classes, global_pool)
         init_weights(self)
         if zero_init_last:
             zero_init_last_bn(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv_head(self.stages(self.stem(x)))
+        x = self.stem(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            for stage in self.stages:  # a stage at a time: its forward hooks (forward_intermediates) still run
+                x = checkpoint(stage, x, use_reentrant=False)
+        else:
+            x = self.stages(x)
+        return self.conv_head(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.pre_logits_act(self.pre_logits_bn(self.pre_logits(global_pool(x))))
+        if self.global_pool.pool_type == "":
+            # Unpooled (global_pool=''): the FC -> BN -> ReLU pre-logits run at every position of the map.
+            n, _, h, w = x.shape
+            x = x.permute(0, 2, 3, 1).reshape(n * h * w, -1)
+            x = self.pre_logits_act(self.pre_logits_bn(self.pre_logits(x)))
+            x = x.reshape(n, h, w, -1).permute(0, 3, 1, 2)
+        else:
+            x = self.pre_logits_act(self.pre_logits_bn(self.pre_logits(self.global_pool(x))))
         x = self.drop(x)
         return x if pre_logits else self.classifier(x)
 

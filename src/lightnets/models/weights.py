@@ -34,9 +34,18 @@ from torch import nn
 
 from lightnets.models.errors import CheckpointError
 from lightnets.models.loading import resolve_checkpoint_path, torch_load_safely
+from lightnets.models.model_cfg import with_weights_cfg
 from lightnets.models.safetensors_io import check_names, is_safetensors, read_safetensors, read_sidecar, sidecar_path
 
-__all__ = ["CheckpointError", "WeightsFile", "load_weights", "read_weights", "remap_state_dict", "torch_load_safely"]
+__all__ = [
+    "CheckpointError",
+    "WeightsFile",
+    "adapt_input_conv",
+    "load_weights",
+    "read_weights",
+    "remap_state_dict",
+    "torch_load_safely",
+]
 
 LIGHTNETS_CHECKPOINT_KEYS = ("model_name", "model_kwargs", "classes", "model")
 # Keys that only timm's CheckpointSaver writes beside its state dicts.
@@ -302,6 +311,7 @@ def load_weights(model: nn.Module, weights: WeightsFile) -> nn.Module:
         converted = state_dict
         try:
             converted = filter_fn(state_dict, model) if filter_fn is not None else state_dict
+            converted = adapt_input_conv(model, converted)
             problem = first_mismatch(model, converted)
         except ValueError as error:
             problem = str(error)
@@ -314,7 +324,8 @@ def load_weights(model: nn.Module, weights: WeightsFile) -> nn.Module:
         # The filter renamed the keys: the file is in the authors' layout, so their preprocessing applies.
         authors = authors_cfg is not None and converted.keys() != state_dict.keys()
         loaded = weights.describe() + ("" if authors else ", in lightnets' key names")
-        model.pretrained_cfg = {**(authors_cfg if authors else {}), "checkpoint": str(path), "loaded": loaded}
+        described = {**authors_cfg, "preprocessing_from": "weights"} if authors else {}
+        model.pretrained_cfg = with_weights_cfg(model, {**described, "checkpoint": str(path), "loaded": loaded})
         return model
 
     expected = getattr(model, "model_name", None)
@@ -328,6 +339,7 @@ def load_weights(model: nn.Module, weights: WeightsFile) -> nn.Module:
 
         # The file is the deploy form and the model is not (yet): fold it first, then the keys agree.
         model = reparameterize_model(model)
+    state_dict = adapt_input_conv(model, state_dict)
     problem = weights_fit_report(model, state_dict)
     if problem:
         raise error_type(f"weights in {path} do not fit model {model_label(model)}: {problem}")
@@ -335,5 +347,30 @@ def load_weights(model: nn.Module, weights: WeightsFile) -> nn.Module:
     if weights.classes is not None:
         model.classes = list(weights.classes)
     cfg = {k: weights.extra[k] for k in PRETRAINED_CFG_KEYS if k in weights.extra}
-    model.pretrained_cfg = {**cfg, "checkpoint": str(path), "loaded": weights.describe()}
+    if "mean" in cfg:
+        cfg["preprocessing_from"] = "weights"
+    model.pretrained_cfg = with_weights_cfg(model, {**cfg, "checkpoint": str(path), "loaded": weights.describe()})
     return model
+
+
+def adapt_input_conv(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state_dict`` with its first conv fitted to ``model``'s input channels when they differ (timm's
+    ``adapt_input_conv`` rule, so weights for RGB serve ``in_chans=1`` or more): 1 channel takes the sum over the
+    file's channels; more are the file's repeated, cut to size and scaled by file channels / new channels, so
+    the output keeps its scale. Anything else passes unchanged."""
+    first = getattr(model, "pretrained_cfg", {}).get("first_conv") or ()
+    adapted = dict(state_dict)
+    own = model.state_dict()
+    for name in (first,) if isinstance(first, str) else first:
+        key = f"{name}.weight"
+        if key not in state_dict or key not in own:
+            continue
+        weight, wanted = state_dict[key], own[key].shape[1]
+        have = weight.shape[1]
+        if weight.dim() != 4 or have == wanted or weight.shape[0] != own[key].shape[0]:
+            continue
+        if wanted == 1:
+            adapted[key] = weight.sum(dim=1, keepdim=True)
+        else:
+            adapted[key] = weight.repeat(1, -(-wanted // have), 1, 1)[:, :wanted] * (have / wanted)
+    return adapted

@@ -84,7 +84,7 @@ def start_model(weights: str | Path, model: str, model_kwargs: dict[str, Any]) -
     line = f"--weights {weights}: {cfg.get('loaded', 'weights')}"
     if "head" in cfg:
         line += f"; {cfg['head']}"
-    if "mean" in cfg:
+    if cfg.get("preprocessing_from") == "weights":
         line += (
             f"; their preprocessing: mean {', '.join(f'{v:.4g}' for v in cfg['mean'])}, std "
             f"{', '.join(f'{v:.4g}' for v in cfg['std'])}, {cfg.get('channel_order', 'RGB')}"

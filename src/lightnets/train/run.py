@@ -214,7 +214,7 @@ def normalized_bundle(
     from lightnets.data.stats import channel_stats, with_normalization
 
     if config.normalize == "auto":
-        if weights_cfg and "mean" in weights_cfg:
+        if weights_cfg and weights_cfg.get("preprocessing_from") == "weights":
             return with_normalization(bundle, weights_cfg["mean"], weights_cfg["std"], augment_spec(config))
         return bundle
     if config.normalize == "imagenet":
