@@ -105,9 +105,7 @@ def _timm_cfg(name: str) -> dict[str, Any]:
         cfg.update(
             file=str(WEIGHTS_DIR / shipped["file"]) if shipped.get("file") else None,
             url=shipped.get("url", ""),
-            notes=(
-                f"{shipped.get('dataset')} top-1 {shipped.get('top1')} %, lightnets train, {shipped.get('epochs')} epochs",
-            ),
+            notes=(f"{shipped.get('dataset')} top-1 {shipped.get('top1')} % ({shipped.get('epochs')} epochs)",),
         )
     return cfg
 
