@@ -89,16 +89,39 @@ def openvino_profile(name: str, size: int, threads: int, batch: int = 1) -> list
     return [{"layer": k[0], "kernel": k[1], "share": v / whole} for k, v in ranked if v / whole >= 0.03]
 
 
-def accuracy_rows(checkpoints: Path, data: str, threads: int, log) -> dict[str, dict[str, Any]]:
-    """Per family: fp32 top-1 of its CIFAR checkpoint and each lower precision's top-1 change, from `bench`."""
+def run_sources(checkpoints: Path, log) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """Each family's briefly trained CIFAR checkpoint (benchmarks/deploy_train_cifar.sh) and what trained it."""
     import yaml
 
-    results = {}
+    sources = {}
     for family, run in CIFAR_RUNS.items():
         checkpoint = checkpoints / run / "best.pt"
         if not checkpoint.is_file():
             log(f"{family}: no checkpoint at {checkpoint}; accuracy skipped")
             continue
+        args = yaml.safe_load((checkpoints / run / "args.yaml").read_text())
+        sources[family] = (checkpoint, {k: args.get(k) for k in ("model_kwargs", "epochs", "device", "data")})
+    return sources
+
+
+def shipped_sources() -> dict[str, tuple[Path, dict[str, Any]]]:
+    """The weights lightnets ships (create_model(name, pretrained=True)), sha256-checked, and their record."""
+    from lightnets.models.pretrained import list_pretrained, pretrained_cfg, pretrained_path
+
+    sources = {}
+    for name in list_pretrained():
+        cfg = pretrained_cfg(name)
+        trained = {"model_kwargs": {}, "epochs": cfg["epochs"], "device": "cpu", "data": cfg["dataset"]}
+        sources[name] = (pretrained_path(name), {**trained, "shipped_top1": cfg["top1"]})
+    return sources
+
+
+def accuracy_rows(
+    sources: dict[str, tuple[Path, dict[str, Any]]], data: str, threads: int, log
+) -> dict[str, dict[str, Any]]:
+    """Per source: fp32 top-1 of its checkpoint and each lower precision's top-1 change, from `bench`."""
+    results = {}
+    for family, (checkpoint, trained) in sources.items():
         settings = BenchSettings(
             checkpoint=str(checkpoint),
             data=data,
@@ -110,7 +133,6 @@ def accuracy_rows(checkpoints: Path, data: str, threads: int, log) -> dict[str, 
             warmup=1,
         )
         rows = bench_models(settings, log=log)
-        args = yaml.safe_load((checkpoints / run / "args.yaml").read_text())
         measured = [r for r in rows if r.get("top1") is not None]
         if not measured:
             log(f"{family}: no precision but fp32 ran; accuracy skipped")
@@ -118,10 +140,11 @@ def accuracy_rows(checkpoints: Path, data: str, threads: int, log) -> dict[str, 
         results[family] = {
             "checkpoint": str(checkpoint),
             "model": rows[0]["model"],
-            "model_kwargs": args.get("model_kwargs", {}),
-            "epochs": args["epochs"],
-            "trained_device": args.get("device", "?"),
-            "trained_on": args["data"],
+            "model_kwargs": trained.get("model_kwargs") or {},
+            "epochs": trained["epochs"],
+            "trained_device": trained.get("device") or "?",
+            "trained_on": trained["data"],
+            **({"shipped_top1": trained["shipped_top1"]} if "shipped_top1" in trained else {}),
             "fp32_top1": measured[0]["top1"] - measured[0]["top1_change"],
             "paths": {
                 f"{r['backend']} {r['precision']}": {"top1": r["top1"], "change": r["top1_change"], "ran": r["ran"]}
@@ -160,6 +183,25 @@ def accuracy_notes(result: dict[str, Any]) -> list[str]:
                 "robustly and applies fast bias correction; for accuracy, the OpenVINO INT8 file is the one to ship.",
             ]
     return lines
+
+
+def accuracy_intro(result: dict[str, Any]) -> list[str]:
+    calibrated = (
+        f"calibrated on 300 training images of `{result['accuracy_data']}` and evaluated on its test split "
+        "(top-1 in %, change in points against the fp32 weights in PyTorch)."
+    )
+    if result.get("accuracy_source") != "shipped":
+        return [
+            "Each family's CIFAR form, trained briefly (epochs below) by `bash benchmarks/deploy_train_cifar.sh`, "
+            + calibrated
+        ]
+    return [
+        "The weights lightnets ships (`create_model(name, pretrained=True)`, trained to the end of their schedules: "
+        "docs/results/pretrained.md), exported to each runtime and precision, " + calibrated,
+        "",
+        f"Measured by `{result['accuracy_command']}` on {result['accuracy_device']}, CPU features "
+        f"{result['accuracy_cpu_features']}.",
+    ]
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -240,9 +282,7 @@ def markdown(result: dict[str, Any]) -> str:
             "",
             "## INT8 (and bf16) accuracy on CIFAR-10",
             "",
-            f"Each family's CIFAR form, trained briefly (epochs below) by `bash benchmarks/deploy_train_cifar.sh`, "
-            f"calibrated on 300 training images of `{result['accuracy_data']}` and evaluated on its test split "
-            "(top-1 in %, change in points against the fp32 checkpoint in PyTorch).",
+            *accuracy_intro(result),
             "",
             "| family | CIFAR model | epochs (trained on) | fp32 top-1 | "
             + " | ".join(result["accuracy_paths"])
@@ -278,6 +318,17 @@ def main() -> None:
         default="cifar10:../shared/data/cifar-10-subset-python.tar.gz",
         help="calibration (train split) and accuracy (test split) data: the checkpoints' own training data",
     )
+    parser.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="accuracy of the weights lightnets ships instead of --checkpoints (use the full CIFAR-10 as --data)",
+    )
+    parser.add_argument(
+        "--keep-timing",
+        type=Path,
+        metavar="JSON",
+        help="take the timing tables from this saved result (measure accuracy only; the page names both machines)",
+    )
     parser.add_argument("--skip-timing", action="store_true")
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--note", default="", help="printed in bold at the top of the page (e.g. 'preliminary')")
@@ -308,7 +359,11 @@ def main() -> None:
         "timing": [],
         "skipped": [],
     }
-    if not args.skip_timing:
+    if args.keep_timing:
+        saved = json.loads(args.keep_timing.read_text())
+        timing_keys = ("command", "note", "device", "cpu_features", "versions", "date", "settings", "timing", "skipped")
+        result.update({key: saved[key] for key in (*timing_keys, "best", "int8_slower", "profiles") if key in saved})
+    elif not args.skip_timing:
         settings = BenchSettings(
             models=args.models.split(","),
             batch_sizes=[int(b) for b in args.batch_sizes.split(",")],
@@ -325,7 +380,11 @@ def main() -> None:
             result["profiles"] = {m: openvino_profile(m, sizes[m], args.threads) for m in sizes}
     if not args.skip_accuracy:
         result["accuracy_data"] = args.data
-        result["accuracy"] = accuracy_rows(args.checkpoints, args.data, args.threads, log)
+        sources = shipped_sources() if args.pretrained else run_sources(args.checkpoints, log)
+        result["accuracy_source"] = "shipped" if args.pretrained else "runs"
+        result["accuracy_command"] = "python benchmarks/deploy.py " + shlex.join(sys.argv[1:])
+        result["accuracy_device"], result["accuracy_cpu_features"] = device_name("cpu"), describe_cpu_features()
+        result["accuracy"] = accuracy_rows(sources, args.data, args.threads, log)
         result["accuracy_test_images"] = test_images(args.data)
         paths = {p for acc in result["accuracy"].values() for p in acc["paths"]}
         result["accuracy_paths"] = sorted(paths)

@@ -190,6 +190,10 @@ def load_inference_model(
         if model_name or model_kwargs or ema:
             raise ValueError(f"--model, --model-arg and --ema are for weights files; {checkpoint} is a whole model")
         return InferenceModel(**exported_model_fields(checkpoint, torch.device(device)))
+    from lightnets.models.safetensors_io import is_safetensors, read_sidecar
+
+    if model_name is None and is_safetensors(Path(checkpoint)):
+        model_name = read_sidecar(Path(checkpoint)).get("model_name")  # a lightnets export names its model
     if model_name is None:
         if model_kwargs or ema:
             raise ValueError("--model-arg and --ema need --model NAME")
