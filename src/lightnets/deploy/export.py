@@ -119,6 +119,8 @@ def export_model(
     # The inputs the weights expect (the authors' mean, std, channel order) travel with the exported file.
     cfg = getattr(model, "pretrained_cfg", {})
     preprocess = {key: cfg[key] for key in PRETRAINED_CFG_KEYS if key in cfg}
+    if "input_size" in preprocess:  # the side as files record it (an int), not timm's (C, H, W)
+        preprocess["input_size"] = image_size(cfg)
     out = Path(out)
     if fmt == "safetensors":
         path = export_safetensors(
