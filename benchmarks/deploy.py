@@ -117,7 +117,7 @@ def shipped_sources() -> dict[str, tuple[Path, dict[str, Any]]]:
 
 
 def accuracy_rows(
-    sources: dict[str, tuple[Path, dict[str, Any]]], data: str, threads: int, log
+    sources: dict[str, tuple[Path, dict[str, Any]]], data: str, threads: int, log, skipped: list | None = None
 ) -> dict[str, dict[str, Any]]:
     """Per source: fp32 top-1 of its checkpoint and each lower precision's top-1 change, from `bench`."""
     results = {}
@@ -132,7 +132,7 @@ def accuracy_rows(
             min_run_time=0.01,
             warmup=1,
         )
-        rows = bench_models(settings, log=log)
+        rows = bench_models(settings, log=log, skipped=skipped)
         measured = [r for r in rows if r.get("top1") is not None]
         if not measured:
             log(f"{family}: no precision but fp32 ran; accuracy skipped")
@@ -166,6 +166,10 @@ def accuracy_notes(result: dict[str, Any]) -> list[str]:
     """What the INT8 column's verdict rests on: the resolution of the test split and each path beyond tolerance."""
     images = result.get("accuracy_test_images") or test_images(result["accuracy_data"])
     lines = [f"One test image is {100 / images:.2f} pt of top-1 ({images} images)."]
+    not_run = sorted({(s["backend"], s["precision"], s["reason"]) for s in result.get("accuracy_skipped", [])})
+    if not_run:
+        lines += ["", "Not run for accuracy on this machine:", ""]
+        lines += [f"- {backend} {precision}: {reason}" for backend, precision, reason in not_run]
     beyond = [
         (family, path, entry["change"])
         for family, acc in result["accuracy"].items()
@@ -384,7 +388,8 @@ def main() -> None:
         result["accuracy_source"] = "shipped" if args.pretrained else "runs"
         result["accuracy_command"] = "python benchmarks/deploy.py " + shlex.join(sys.argv[1:])
         result["accuracy_device"], result["accuracy_cpu_features"] = device_name("cpu"), describe_cpu_features()
-        result["accuracy"] = accuracy_rows(sources, args.data, args.threads, log)
+        result["accuracy_skipped"] = []
+        result["accuracy"] = accuracy_rows(sources, args.data, args.threads, log, result["accuracy_skipped"])
         result["accuracy_test_images"] = test_images(args.data)
         paths = {p for acc in result["accuracy"].values() for p in acc["paths"]}
         result["accuracy_paths"] = sorted(paths)

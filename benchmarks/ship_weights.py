@@ -118,7 +118,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     plt.close(figure)
 
 
-def markdown(results: list[dict[str, Any]], command: str) -> str:
+def markdown(results: list[dict[str, Any]], command: str, note: str = "") -> str:
     lines = [
         "# Shipped weights: `create_model(NAME, pretrained=True)`",
         "",
@@ -126,6 +126,7 @@ def markdown(results: list[dict[str, Any]], command: str) -> str:
         "(`../shared/data/cifar-10-jpeg-python.tar.gz`: a JPEG copy, so pixels differ slightly from the original),",
         "to the end of its cosine schedule. The shipped file is the last epoch's weights (the schedule's end), not",
         "the epoch with the best test top-1, which would be chosen on the test split.",
+        *(["", note] if note else []),
         "",
         "| model | epochs | wall time | img/s (train) | settings chosen by --speed auto | shipped top-1 "
         "| best top-1 (epoch) | file |",
@@ -158,6 +159,7 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="run directories of lightnets train on CIFAR-10")
     parser.add_argument("--data", default="cifar10:../shared/data/cifar-10-jpeg-python.tar.gz")
     parser.add_argument("--out", type=Path, default=Path("docs/results/pretrained"))
+    parser.add_argument("--note", default="", help="how the runs were run, printed under the page's introduction")
     args = parser.parse_args()
     results = [ship(run, args.data, print) for run in args.runs]
     manifest_path = WEIGHTS_DIR / "manifest.json"
@@ -166,7 +168,7 @@ def main() -> None:
     atomic_write(manifest_path, json.dumps(dict(sorted(manifest.items())), indent=2) + "\n")
     command = "python benchmarks/ship_weights.py " + shlex.join(sys.argv[1:])
     plot(results, args.out.parent / f"{args.out.name}_curves.png")
-    page = markdown(results, command)
+    page = markdown(results, command, args.note)
     atomic_write(args.out.with_suffix(".md"), page)
     atomic_write(args.out.with_suffix(".json"), json.dumps({"command": command, "results": results}, indent=2) + "\n")
     print(page)
