@@ -57,7 +57,7 @@ def plot(curves: dict[str, list[dict]], name: str, path: Path) -> None:
         )
     axis.set_xlabel("epoch")
     axis.set_ylabel("hymenoptera val top-1 (%)")
-    axis.set_title(f"{name} on hymenoptera: from the CIFAR-10 weights vs from scratch")
+    axis.set_title(f"{name} on hymenoptera:\nfrom the shipped CIFAR-10 weights vs from scratch", fontsize=10)
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()

@@ -113,6 +113,7 @@ def test_the_commands_list_and_evaluate_them(shipped, capsys) -> None:
 SHIPPED = pretrained.list_pretrained()
 
 
+@pytest.mark.slow  # the full 10,000-image test split per weight
 @pytest.mark.parametrize(
     "name", SHIPPED or [pytest.param(None, marks=pytest.mark.skip(reason="no weights are shipped in this version"))]
 )
