@@ -99,8 +99,9 @@ def starting_weights(
     with. A resumed run reads that preprocessing from its checkpoint (last.pt already holds the weights)."""
     if not weights:
         return None, {}
-    if checkpoint is not None:
-        return None, {key: checkpoint[key] for key in ("mean", "std", "channel_order") if key in checkpoint}
+    if checkpoint is not None:  # the run's own numbers, which came from the weights when it started
+        kept = {key: checkpoint[key] for key in ("mean", "std", "channel_order") if key in checkpoint}
+        return None, {**kept, "preprocessing_from": "weights"} if "mean" in kept else kept
     start, line = start_model(weights, model, model_kwargs)
     say(line)
     return start, getattr(start, "pretrained_cfg", {})
