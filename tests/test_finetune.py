@@ -143,4 +143,5 @@ def test_a_fine_tune_resumes_bitwise(tmp_path, source, monkeypatch) -> None:
     assert (resumed.weights, resumed.freeze, resumed.backbone_lr) == (str(source), "bn", 0.1)
     assert main(["train", "--resume", str(tmp_path / "resumed"), "--quiet"]) == 0
     expected, actual = weights_of(tmp_path / "reference" / "last.pt"), weights_of(tmp_path / "resumed" / "last.pt")
-    assert all(torch.equal(expected[k], actual[k]) for k in expected), [k for k in expected if not torch.equal(expected[k], actual[k])][:8]
+    differing = [k for k in expected if not torch.equal(expected[k], actual[k])]
+    assert not differing, f"resumed weights differ: {differing[:8]}"
