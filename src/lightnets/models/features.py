@@ -274,21 +274,9 @@ class FeatureListNet(nn.Module):
             label = getattr(model, "model_name", None) or type(model).__name__
             raise ValueError(f"out_indices {out_indices!r} of {label}: {error}") from None
         chosen = [modules[i] for i in self.feature_info.out_indices]
-        graph = _FeatureTracer(modules).trace(model)
-        calls = [node for node in graph.nodes if node.op == "call_module"]
-        outputs = []
-        for name in chosen:
-            found = [node for node in calls if node.target == name]
-            if len(found) != 1:
-                raise ValueError(f"feature module {name} runs {len(found)} times in the forward pass; it must run once")
-            outputs.append(found[0])
         # GraphModule copies the submodules the graph calls, under their qualified names; pruned, they become this
         # module's, so the state-dict keys are the model's.
-        traced = torch.fx.GraphModule(model, graph)
-        output = next(node for node in traced.graph.nodes if node.op == "output")
-        output.args = (outputs,)
-        traced.graph.eliminate_dead_code()
-        traced.graph.lint()
+        traced = torch.fx.GraphModule(model, _graph_to(model, chosen))
         traced.delete_all_unused_submodules()
         for name, child in traced.named_children():
             self.add_module(name, child)
