@@ -136,6 +136,39 @@ def test_exported_files_predict_with_their_stored_preprocessing(tiny_folder, tmp
         assert [t["probability"] for t in top] == pytest.approx([t["probability"] for t in expected], abs=1e-4)
 
 
+def int8_conv_weights(path):
+    """The int8 values of every convolution's weights in a QDQ ONNX file."""
+    graph = onnx.load(str(path)).graph
+    weights = {init.name: init for init in graph.initializer}
+    dequantize = {node.output[0]: node for node in graph.node if node.op_type == "DequantizeLinear"}
+    nodes = [dequantize[node.input[1]] for node in graph.node if node.op_type == "Conv"]
+    return [onnx.numpy_helper.to_array(weights[node.input[0]]) for node in nodes]
+
+
+def test_int8_weights_use_7_bits_unless_8_are_asked_for(tiny_folder, tmp_path, capsys):
+    # 8-bit weights times uint8 activations saturate the 16-bit pair sums of int8 kernels on CPUs without VNNI
+    # (on AVX2 the shipped CIFAR-10 weights lost 8-10 points); 7-bit weights cannot: 255 * 64 * 2 < 2**15.
+    checkpoint = make_checkpoint(tmp_path / "best.pt", "shufflenet_v1_g3_x0_25_cifar", {})
+    base = ["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--precision", "int8"]
+    base += ["--calibration-data", f"folder:{tiny_folder}", "--calibration-images", "4"]
+    for bits in (None, 8):
+        out = tmp_path / f"int8-{bits}.onnx"
+        assert main([*base, "--out", str(out), *(["--int8-weight-bits", str(bits)] if bits else [])]) == 0
+        assert f"({bits or 7}-bit)" in capsys.readouterr().out
+        largest = max(int(np.abs(w.astype(np.int32)).max()) for w in int8_conv_weights(out))
+        # Symmetric per-channel scales put each filter's largest weight at the end of the range.
+        assert largest == (127 if bits == 8 else 64)
+        meta = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["lightnets"])
+        assert meta["int8_weight_bits"] == (bits or 7)
+
+
+def test_int8_weight_bits_is_refused_without_int8(tmp_path, capsys):
+    args = ["export", "--model", "shufflenet_v1_g3_x0_25_cifar", "--format", "onnx", "--out", str(tmp_path / "m.onnx")]
+    assert main([*args, "--int8-weight-bits", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "--int8-weight-bits are for --precision int8" in err and not (tmp_path / "m.onnx").exists()
+
+
 def test_export_refuses_int8_without_calibration_data(tmp_path, capsys):
     args = ["export", "--model", "shufflenet_v1_g3_x0_25_cifar", "--format", "onnx", "--precision", "int8"]
     assert main([*args, "--out", str(tmp_path / "m.onnx")]) == 2

@@ -8,6 +8,11 @@ from pathlib import Path
 
 from lightnets.cli.args import add_foreign_weights_flags, int_list, model_kwargs_from, require
 
+INT8_BITS_HELP = (
+    "int8: bits of the weights, 7 (default: no saturation on any CPU) or 8 (only for files that run on CPUs with "
+    "VNNI or AMX: without VNNI, 8-bit weights saturate the int8 kernels and cost accuracy)"
+)
+
 __all__ = ["add_bench_parser", "add_export_parser", "add_report_parser", "add_summary_parser"]
 
 
@@ -61,6 +66,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         data=args.data,
         data_root=args.data_root,
         calibration_images=args.calibration_images,
+        int8_weight_bits=args.int8_weight_bits,
     )
     skipped: list[dict[str, str]] = []
     rows = bench_models(settings, skipped=skipped)
@@ -97,6 +103,10 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--data", metavar="SPEC", help="INT8 calibration images; with --checkpoint, top-1 on its split")
     bench.add_argument("--data-root", dest="data_root")
     bench.add_argument("--calibration-images", dest="calibration_images", type=int, default=300, metavar="N")
+    bench.add_argument(
+        "--int8-weight-bits", dest="int8_weight_bits", type=int, choices=[7, 8], default=7, metavar="{7,8}",
+        help=INT8_BITS_HELP,
+    )  # fmt: skip
     bench.add_argument("--deploy", action=argparse.BooleanOptionalAction, default=True, help="deploy form (default)")
     bench.add_argument("--channels-last", dest="channels_last", action="store_true")
     bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="one precision")
@@ -149,6 +159,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         calibration_data=args.calibration_data,
         calibration_images=args.calibration_images,
         data_root=args.data_root,
+        int8_weight_bits=args.int8_weight_bits,
     )
     return 0
 
@@ -175,6 +186,9 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
         "--calibration-images", dest="calibration_images", type=int, metavar="N", help="int8: how many (default 300)"
     )
     export.add_argument("--data-root", dest="data_root", help="where CIFAR is looked for (as for train)")
+    export.add_argument(
+        "--int8-weight-bits", dest="int8_weight_bits", type=int, choices=[7, 8], metavar="{7,8}", help=INT8_BITS_HELP
+    )
     export.add_argument(
         "--deploy",
         action=argparse.BooleanOptionalAction,

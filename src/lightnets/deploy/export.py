@@ -22,7 +22,14 @@ from torch import nn
 
 from lightnets.data import IMAGENET_MEAN, IMAGENET_STD
 from lightnets.deploy.onnx import INPUT_NAME, OUTPUT_NAME, export_onnx
-from lightnets.deploy.quantize import CALIBRATION_IMAGES, calibration_arrays, quantize_onnx, quantize_openvino
+from lightnets.deploy.quantize import (
+    CALIBRATION_IMAGES,
+    WEIGHT_BITS,
+    calibration_arrays,
+    check_weight_bits,
+    quantize_onnx,
+    quantize_openvino,
+)
 from lightnets.deploy.safetensors import export_safetensors
 from lightnets.deploy.sessions import META_KEY, onnxruntime_session, openvino_compile, openvino_ran, save_openvino
 from lightnets.files import check_writable
@@ -63,6 +70,7 @@ def export_model(
     calibration_data: str | None = None,
     calibration_images: int | None = None,
     data_root: str | Path | None = None,
+    int8_weight_bits: int | None = None,
 ) -> Path:
     """``lightnets export``: the model of ``checkpoint`` (or ``model_name``, untrained) as ONNX, OpenVINO IR or
     safetensors; ONNX and OpenVINO in fp32 or, calibrated on ``calibration_data``'s training images, INT8.
@@ -84,8 +92,10 @@ def export_model(
             "--precision int8 needs --calibration-data SPEC: the training images (as for train --data) whose "
             "activation ranges the quantiser calibrates on"
         )
-    if precision != "int8" and (calibration_data or calibration_images):
-        raise ValueError("--calibration-data and --calibration-images are for --precision int8")
+    if precision != "int8" and (calibration_data or calibration_images or int8_weight_bits):
+        raise ValueError("--calibration-data, --calibration-images and --int8-weight-bits are for --precision int8")
+    if precision == "int8":
+        int8_weight_bits = check_weight_bits(int8_weight_bits or WEIGHT_BITS)
     if deploy is None:
         deploy = fmt == "openvino" or precision == "int8"
     check_writable(out, "--out")  # before the minutes an export can take
@@ -143,6 +153,7 @@ def export_model(
             "classes": list(classes) if classes is not None else None,
             **inputs,
             "precision": precision,
+            **({"int8_weight_bits": int8_weight_bits} if precision == "int8" else {}),
             "deploy": deploy,
             "source": str(Path(weights.path).resolve()) if weights is not None else None,
             "val_split": extra.get("val_split"),
@@ -212,7 +223,7 @@ def export_for_runtime(
             return fp32_session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
 
         if fmt == "onnx" and int8:
-            layers = quantize_onnx(fp32_path, out, calibration, metadata)
+            layers = quantize_onnx(fp32_path, out, calibration, metadata, weight_bits=meta["int8_weight_bits"])
             int8_session = onnxruntime_session(out, threads)
             agreement = top1_agreement(
                 fp32_run, lambda batch: int8_session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0], calibration
@@ -220,12 +231,16 @@ def export_for_runtime(
             result.update(layers, top1_agreement=agreement)
             print(
                 f"wrote {out}: INT8 QDQ, {layers['quantized_convs']}/{layers['convs']} conv/matmul layers with "
-                f"per-channel int8 weights; top-1 agrees with fp32 on {agreement:.1f}% of the "
-                f"{meta['calibration']['images']} calibration images"
+                f"per-channel int8 weights ({layers['weight_bits']}-bit); top-1 agrees with fp32 on {agreement:.1f}% "
+                f"of the {meta['calibration']['images']} calibration images"
             )
         elif fmt == "openvino":
             openvino = _require_openvino()
-            ov_model = quantize_openvino(fp32_path, calibration) if int8 else openvino.convert_model(str(fp32_path))
+            ov_model = (
+                quantize_openvino(fp32_path, calibration, weight_bits=meta["int8_weight_bits"])
+                if int8
+                else openvino.convert_model(str(fp32_path))
+            )
             compiled = openvino_compile(ov_model, threads, "fp32")
             request = compiled.create_infer_request()
 

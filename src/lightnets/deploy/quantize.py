@@ -8,8 +8,15 @@ cropped and normalised exactly as the checkpoint's evaluation does. Weights are 
 - ONNX Runtime: ``quant_pre_process`` (symbolic shape inference and ORT's graph optimisation) then
   ``quantize_static`` in QDQ format, int8 weights and uint8 activations from min/max calibration, the format
   whose convolutions ORT's CPU provider runs as int8 kernels (VNNI where the CPU has it).
+  The weights use 7 of their 8 bits by default (``reduce_range``). On a CPU without VNNI (AVX2, and AVX-512
+  without VNNI) ORT's u8 x s8 kernels add pairs of products in 16 bits (``vpmaddubsw``), which saturates when an
+  8-bit weight meets a large activation: on the AVX2 machine of docs/results/deploy.md the shipped CIFAR-10 weights
+  lost 8.2 and 10.4 points of top-1 with 8-bit weights and 0.6 and 0.3 with 7-bit ones (255 x 64 x 2 fits in 16
+  bits). The file runs wherever it is copied, so the default is the one that is safe everywhere; ``weight_bits=8``
+  (``--int8-weight-bits 8``) is for files that will only run on VNNI or AMX CPUs.
 - OpenVINO: ``nncf.quantize`` on the converted model; NNCF knows the patterns it must leave in float (the
-  hard-swish and SE branches of AsymmNet among them) and adds fast bias correction.
+  hard-swish and SE branches of AsymmNet among them) and adds fast bias correction. Its overflow fix (7-bit
+  weights) is applied to every layer by default, for the same reason as below.
 
 openvino, nncf and onnxruntime are optional (``pip install 'lightnets[export]'``) and imported on use.
 """
@@ -33,6 +40,7 @@ from lightnets.models.errors import first_line, require_module
 
 __all__ = [
     "CALIBRATION_IMAGES",
+    "WEIGHT_BITS",
     "calibration_arrays",
     "quantize_onnx",
     "quantize_openvino",
@@ -40,6 +48,7 @@ __all__ = [
 ]
 
 CALIBRATION_IMAGES = 300  # NNCF's default subset size; enough for min/max ranges of these CNNs
+WEIGHT_BITS = 7  # see the module docstring: 8-bit weights saturate ORT's int8 kernels on CPUs without VNNI
 _BATCH = 32
 
 
@@ -128,14 +137,29 @@ class _Reader:
         return None if batch is None else {INPUT_NAME: batch}
 
 
+def check_weight_bits(weight_bits: int) -> int:
+    if weight_bits not in (7, 8):
+        raise ValueError(
+            f"--int8-weight-bits must be 7 (safe on every CPU) or 8 (only for CPUs with VNNI or AMX), got {weight_bits}"
+        )
+    return weight_bits
+
+
 def quantize_onnx(
-    fp32_path: str | Path, out: str | Path, calibration: list[np.ndarray], metadata: dict[str, str] | None = None
+    fp32_path: str | Path,
+    out: str | Path,
+    calibration: list[np.ndarray],
+    metadata: dict[str, str] | None = None,
+    *,
+    weight_bits: int = WEIGHT_BITS,
 ) -> dict[str, Any]:
     """Write the QDQ INT8 form of ``fp32_path`` to ``out`` (atomically), calibrated on ``calibration``.
 
-    ``metadata`` replaces the file's ``metadata_props`` (default: the fp32 file's). Returns
-    ``{"quantized_convs": n, "convs": m}``: how many convolutions and matrix products got int8 weights.
+    ``metadata`` replaces the file's ``metadata_props`` (default: the fp32 file's). ``weight_bits``: 7 (the default,
+    no saturation on any CPU) or 8 (see the module docstring). Returns ``{"quantized_convs": n, "convs": m,
+    "weight_bits": b}``: how many convolutions and matrix products got int8 weights, and in how many bits.
     """
+    check_weight_bits(weight_bits)
     onnx = require_module("onnx")
     quantization = require_module("onnxruntime.quantization")
     shape_inference = require_module("onnxruntime.quantization.shape_inference")
@@ -156,6 +180,7 @@ def quantize_onnx(
                 activation_type=quantization.QuantType.QUInt8,
                 weight_type=quantization.QuantType.QInt8,
                 calibrate_method=quantization.CalibrationMethod.MinMax,
+                reduce_range=weight_bits == 7,
             )
         except Exception as error:
             raise ValueError(f"ONNX Runtime could not quantise the export of {out.name}: {first_line(error)}") from None
@@ -165,7 +190,7 @@ def quantize_onnx(
         proto.metadata_props.add(key=key, value=value)
     with atomic_path(out) as tmp:
         onnx.save(proto, str(tmp))
-    return onnx_int8_layers(proto)
+    return {**onnx_int8_layers(proto), "weight_bits": weight_bits}
 
 
 def onnx_int8_layers(proto: Any) -> dict[str, int]:
@@ -176,20 +201,29 @@ def onnx_int8_layers(proto: Any) -> dict[str, int]:
     return {"quantized_convs": quantized, "convs": len(heavy)}
 
 
-def quantize_openvino(onnx_path: str | Path, calibration: list[np.ndarray]) -> Any:
-    """The OpenVINO model of ``onnx_path``, quantised to INT8 by ``nncf.quantize`` on ``calibration``."""
+def quantize_openvino(onnx_path: str | Path, calibration: list[np.ndarray], *, weight_bits: int = WEIGHT_BITS) -> Any:
+    """The OpenVINO model of ``onnx_path``, quantised to INT8 by ``nncf.quantize`` on ``calibration``.
+
+    ``weight_bits`` 7 is NNCF's overflow fix in every layer (its own default applies it to the first layer only),
+    8 turns it off: the same saturation as ONNX Runtime's (module docstring) costs OpenVINO's CPU plugin accuracy
+    on CPUs without VNNI.
+    """
+    check_weight_bits(weight_bits)
     ov = require_module("openvino")
     model = ov.convert_model(str(onnx_path))
     # One image per item: NNCF's statistics (and its bias correction) assume a batch of one.
     images = [batch[i : i + 1] for batch in calibration for i in range(batch.shape[0])]
     with _quiet_quantizers(), signal_stack_kept():  # NNCF compiles the model on OpenVINO's CPU plugin
         nncf = require_module("nncf")
+        advanced = require_module("nncf.quantization.advanced_parameters")
+        overflow_fix = advanced.OverflowFix.ENABLE if weight_bits == 7 else advanced.OverflowFix.DISABLE
         try:
             return nncf.quantize(
                 model,
                 nncf.Dataset(images),
                 subset_size=len(images),
                 target_device=nncf.TargetDevice.CPU,
+                advanced_parameters=advanced.AdvancedQuantizationParameters(overflow_fix=overflow_fix),
             )
         except Exception as error:
             raise ValueError(f"NNCF could not quantise {Path(onnx_path).name}: {first_line(error)}") from None

@@ -54,8 +54,11 @@ class Exports:
     ``seconds`` holds what each took to make (the export, the quantisation), reported as the row's ``compile_s``.
     """
 
-    def __init__(self, model: nn.Module, size: int, calibration: Callable[[], list[np.ndarray]]) -> None:
+    def __init__(
+        self, model: nn.Module, size: int, calibration: Callable[[], list[np.ndarray]], int8_weight_bits: int = 7
+    ) -> None:
         self.model, self.size, self._calibration = model, size, calibration
+        self.int8_weight_bits = int8_weight_bits
         self._workdir = tempfile.TemporaryDirectory(prefix="lightnets-bench-")
         self.dir = Path(self._workdir.name)
         self._made: dict[str, Any] = {}
@@ -95,15 +98,16 @@ class Exports:
     def onnx_int8(self) -> tuple[Path, dict[str, int]]:
         from lightnets.deploy.quantize import quantize_onnx
 
-        path = self.dir / "int8.onnx"
+        path, bits = self.dir / "int8.onnx", self.int8_weight_bits
         fp32 = self.onnx()
-        return self._once("onnx-int8", lambda: (path, quantize_onnx(fp32, path, self.calibration())))
+        return self._once("onnx-int8", lambda: (path, quantize_onnx(fp32, path, self.calibration(), weight_bits=bits)))
 
     def openvino_int8(self) -> Any:
         from lightnets.deploy.quantize import quantize_openvino
 
         fp32 = self.onnx()
-        return self._once("openvino-int8", lambda: quantize_openvino(fp32, self.calibration()))
+        bits = self.int8_weight_bits
+        return self._once("openvino-int8", lambda: quantize_openvino(fp32, self.calibration(), weight_bits=bits))
 
     def cleanup(self) -> None:
         self._workdir.cleanup()
@@ -163,7 +167,8 @@ def _onnxruntime_runner(exports: Exports, precision: str, threads: int, device: 
     try:
         if precision == "int8":
             path, layers = exports.onnx_int8()
-            ran = f"int8 (QDQ, {layers['quantized_convs']}/{layers['convs']} conv/matmul int8)"
+            convs = f"{layers['quantized_convs']}/{layers['convs']}"
+            ran = f"int8 (QDQ, {convs} conv/matmul int8, {layers['weight_bits']}-bit weights)"
             made = exports.seconds["onnx-fp32"] + exports.seconds["onnx-int8"]
         else:
             path, ran = exports.onnx(precision), precision

@@ -85,6 +85,7 @@ class BenchSettings:
     data: str | None = None  # INT8 calibration images (train split) and, with a checkpoint, the accuracy split
     data_root: str | None = None
     calibration_images: int = 300
+    int8_weight_bits: int = 7  # 7: safe on every CPU; 8 saturates int8 kernels on CPUs without VNNI
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.backends) - set(BACKENDS))
@@ -97,6 +98,8 @@ class BenchSettings:
         wrong = sorted(set(self.precisions) - set(PRECISIONS))
         if wrong or not self.precisions:
             raise ValueError(f"unknown precision(s) {', '.join(wrong)}; choose from {', '.join(PRECISIONS)}")
+        if self.int8_weight_bits not in (7, 8):
+            raise ValueError(f"--int8-weight-bits must be 7 or 8, got {self.int8_weight_bits}")
         if self.calibration_images < 1:
             raise ValueError(f"--calibration-images must be >= 1, got {self.calibration_images}")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
@@ -249,7 +252,9 @@ def bench_models(
         params, macs = count_params(model), count_macs(model, size)
         memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
         model = model.to(device=device, memory_format=memory_format)
-        exports = Exports(model, size, lambda a=accuracy, s=size: calibration_for(settings, a, s))
+        exports = Exports(
+            model, size, lambda a=accuracy, s=size: calibration_for(settings, a, s), settings.int8_weight_bits
+        )
         reference_top1 = accuracy.top1(lambda x, m=model: m(x.to(device)).float()) if accuracy else None
         try:
             for backend in settings.backends:
@@ -322,7 +327,7 @@ def bench(settings: BenchSettings | None = None, *, log: Callable[[str], None] =
 
 def make_runner(backend: str, model: nn.Module, size: int, settings: BenchSettings, device: torch.device):
     """(inputs -> zero-argument callable, compile seconds, cleanup) for one backend in fp32."""
-    exports = Exports(model, size, lambda: calibration_for(settings, None, size))
+    exports = Exports(model, size, lambda: calibration_for(settings, None, size), settings.int8_weight_bits)
     try:
         runner = make_precision_runner(backend, model, "fp32", size, settings.threads, device, exports)
     except Skipped as reason:
