@@ -159,6 +159,31 @@ def measure(
     }
 
 
+def kept_rows(path: Path, header: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of an earlier run's JSON, when it ran on this CPU with these features and threads (a ratio is only
+    comparable within one machine class); its command is carried into each row that lacks one."""
+    if not path.exists():
+        return []
+    earlier = json.loads(path.read_text())
+    machine = earlier["machine"]
+    for key in ("cpu", "features", "threads"):
+        if machine.get(key) != header[key]:
+            raise SystemExit(
+                f"--update: {path} was measured with {key} {machine.get(key)!r}, this machine has {header[key]!r}; "
+                "re-measure every row here (drop --update)"
+            )
+    for row in earlier["rows"]:
+        row.setdefault("command", machine.get("command", "unknown"))
+    return earlier["rows"]
+
+
+def in_family_order(earlier: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``earlier`` with each family:form pair measured again replaced by its new row; new pairs are appended."""
+    fresh = {(row["family"], row["form"]): row for row in new}
+    merged = [fresh.pop((row["family"], row["form"]), row) for row in earlier]
+    return merged + list(fresh.values())
+
+
 def markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
     lines = [
         "# Training speed: lightnets `--speed auto` against the authors' plain training step",
@@ -166,7 +191,9 @@ def markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
         f"Machine: {header['cpu']} ({header['features']}), {header['threads']} threads, torch {header['torch']}.",
         f"Peak: {header['peak']}.",
         "",
-        f"Command: `{header['command']}`",
+        "Commands (each row names its own in the JSON):",
+        "",
+        *[f"- `{command}`" for command in dict.fromkeys(row["command"] for row in rows)],
         "",
         "| family | form | model | plain contender | plain img/s | lightnets img/s | chosen | ratio | GMAC/s "
         "| of peak |",
@@ -224,6 +251,11 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--json")
     parser.add_argument("--markdown")
+    parser.add_argument(
+        "--update", action="store_true", help="keep the rows of --json for the family:form pairs this run does not "
+        "measure (same CPU, features and threads only), so one form can be re-measured without the others",
+    )  # fmt: skip
+    parser.add_argument("--notes", type=Path, help="a Markdown file of observations appended to the page as they are")
     args = parser.parse_args()
 
     sys.path.insert(0, str(HERE))  # authors_compare.py beside this script builds the authors' models
@@ -239,10 +271,11 @@ def main() -> None:
         "torch": torch.__version__,
         "peak": peak[1] if peak else "unknown (no clock readable)",
         "native_bf16": default_amp(CPU),
-        "command": "python benchmarks/train_vs_authors.py " + " ".join(sys.argv[1:]),
     }
+    command = "python benchmarks/train_vs_authors.py " + " ".join(sys.argv[1:])
     print(f"{header['cpu']}: {header['features']}; peak {header['peak']}", flush=True)
-    rows = []
+    earlier = kept_rows(Path(args.json), header) if args.update and args.json else []
+    rows: list[dict[str, Any]] = []
     no_compile = {pair.strip() for pair in args.no_compile_at.split(",") if pair.strip()}
     few_rounds = {pair.strip() for pair in args.few_rounds_at.split(",") if pair.strip()}
     for family in args.families.split(","):
@@ -259,11 +292,16 @@ def main() -> None:
                               warmup, rounds, use_compile)  # fmt: skip
             row["rounds"] = rounds
             row["compile_tried"] = use_compile
+            row["command"] = command
             print(json.dumps({k: row[k] for k in ("model", "img_per_s", "chosen", "ratio")}), flush=True)
             rows.append(row)
             if args.json:  # after every row: a long run keeps what it measured
-                Path(args.json).write_text(json.dumps({"machine": header, "rows": rows}, indent=1) + "\n")
+                merged = in_family_order(earlier, rows)
+                Path(args.json).write_text(json.dumps({"machine": header, "rows": merged}, indent=1) + "\n")
+    rows = in_family_order(earlier, rows)
     text = markdown(rows, header)
+    if args.notes:
+        text += "\n" + args.notes.read_text()
     print(text)
     if args.markdown:
         Path(args.markdown).write_text(text)
