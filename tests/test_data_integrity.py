@@ -370,6 +370,7 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedP
                           env=environment, timeout=300)  # fmt: skip
 
 
+@pytest.mark.slow  # a real child process (~11 s); the in-process warning tests stay in the default suite
 def test_predict_warnings_are_clean_lines_in_a_real_process(tmp_path, checkpoint) -> None:
     folder = classes(tmp_path / "photos", {"a": 1})
     (folder / "a" / "zero.jpg").touch()

@@ -270,6 +270,7 @@ def test_fp16_onnx_for_the_cuda_provider_keeps_float32_inputs_and_outputs():
     assert conv_weights and {i.data_type for i in graph.initializer if i.name in conv_weights} == {half_type}
 
 
+@pytest.mark.slow  # loads OpenVINO's and NNCF's CPU plugins in a child (~13 s)
 def test_openvino_leaves_the_signal_stack_so_a_child_exit_does_not_kill_the_process(tmp_path):
     # The crash of earlier test runs, in one fresh process: a Python SIGCHLD handler (a DataLoader with workers sets
     # one), OpenVINO's CPU plugin loaded and released by an INT8 benchmark, then a child process that exits. Before

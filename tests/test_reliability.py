@@ -582,6 +582,7 @@ def test_full_disk_is_refused_before_training(tmp_path, capsys, monkeypatch) -> 
     assert "not enough free space" in err and "MB free" in err
 
 
+@pytest.mark.slow  # test_disk_full.py covers a disk filling up mid-run in the default suite
 def test_disk_full_mid_run_keeps_last_pt_and_resume_finishes(tmp_path, capsys, monkeypatch, reference) -> None:
     config = tiny(tmp_path, ema=True, checkpoint_every=3)
     run_dir = Path(config.out)

@@ -30,6 +30,7 @@ def hold_lock(run_dir: Path) -> subprocess.Popen:
     return holder
 
 
+@pytest.mark.slow  # two real processes (~7 s)
 def test_a_second_process_is_refused_naming_the_first_and_a_dead_holders_lock_is_taken(tmp_path, capsys):
     config = tiny(tmp_path, epochs=1, max_steps_per_epoch=2)
     run_dir = Path(config.out)
