@@ -42,20 +42,22 @@ def forward(x: torch.Tensor, weight: torch.Tensor, stride: int, pad: int) -> tor
     return F.conv2d(x, weight, stride=stride, padding=pad, groups=x.shape[1])
 
 
-def input_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: int, pad: int) -> torch.Tensor:
-    mask = [True, False, False]
-    groups = x.shape[1]
+def backward(
+    grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: int, pad: int, which: int
+) -> torch.Tensor:
+    """One gradient of the depthwise convolution as PyTorch (oneDNN) computes it: 0 the input's, 1 the weight's."""
+    mask = [which == 0, which == 1, False]
     return torch.ops.aten.convolution_backward(
-        grad, x, weight, None, [stride] * 2, [pad] * 2, [1, 1], False, [0, 0], groups, mask
-    )[0]
+        grad, x, weight, None, [stride] * 2, [pad] * 2, [1, 1], False, [0, 0], x.shape[1], mask
+    )[which]
+
+
+def input_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: int, pad: int) -> torch.Tensor:
+    return backward(grad, x, weight, stride, pad, 0)
 
 
 def reference(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: int, pad: int) -> torch.Tensor:
-    mask = [False, True, False]
-    groups = x.shape[1]
-    return torch.ops.aten.convolution_backward(
-        grad, x, weight, None, [stride] * 2, [pad] * 2, [1, 1], False, [0, 0], groups, mask
-    )[1]
+    return backward(grad, x, weight, stride, pad, 1)
 
 
 def shifted(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: int, pad: int) -> torch.Tensor:

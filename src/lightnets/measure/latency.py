@@ -98,8 +98,9 @@ class BenchSettings:
         wrong = sorted(set(self.precisions) - set(PRECISIONS))
         if wrong or not self.precisions:
             raise ValueError(f"unknown precision(s) {', '.join(wrong)}; choose from {', '.join(PRECISIONS)}")
-        if self.int8_weight_bits not in (7, 8):
-            raise ValueError(f"--int8-weight-bits must be 7 or 8, got {self.int8_weight_bits}")
+        from lightnets.deploy.quantize import check_weight_bits
+
+        check_weight_bits(self.int8_weight_bits)
         if self.calibration_images < 1:
             raise ValueError(f"--calibration-images must be >= 1, got {self.calibration_images}")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
